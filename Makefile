@@ -1,0 +1,90 @@
+# The two commands of the README:
+#   make lab    the lab (four podman containers) and site.yml against it
+#   make test   lint, unit tests and every molecule scenario
+# Both install what they need first (apt packages, the virtualenv, the image).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV      := .venv
+PYTHON    ?= python3
+STAMPS    := .cache/stamps
+SCENARIOS := $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+
+export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export ANSIBLE_FORCE_COLOR ?= 0
+export PY_COLORS ?= 0
+
+.PHONY: help deps lab lab-up lab-down test lint unit molecule bench clean distclean
+
+help:
+	@echo "make lab        bring up the lab and run site.yml against it"
+	@echo "make test       lint, unit tests, every molecule scenario ($(SCENARIOS))"
+	@echo "make molecule SCENARIO=default   one scenario"
+	@echo "make lint | unit | bench | lab-down | clean | distclean"
+
+# --- set-up ---------------------------------------------------------------
+
+$(STAMPS)/host-packages: lab/host-packages.txt
+	@mkdir -p $(STAMPS)
+	@missing="$$(grep -v '^\s*#' $< | grep -v '^\s*$$' | while read -r p; do \
+	    dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed' || echo "$$p"; done)"; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing host packages: $$missing"; \
+	  apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@touch $@
+
+$(VENV)/.installed: requirements.txt pyproject.toml $(STAMPS)/host-packages
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+	@touch $@
+
+deps: $(VENV)/.installed
+
+# --- the lab --------------------------------------------------------------
+
+lab-up: deps
+	ansible-playbook lab/up.yml
+
+lab: lab-up
+	ansible-playbook site.yml
+
+lab-down: deps
+	ansible-playbook lab/down.yml
+
+# --- tests ----------------------------------------------------------------
+
+lint: deps
+	yamllint --strict .
+	ansible-lint --profile production
+	ruff check .
+	ruff format --check .
+
+unit: deps
+	pytest -q tests
+
+molecule: deps
+	@for s in $(or $(SCENARIO),$(SCENARIOS)); do \
+	  echo "=== molecule scenario $$s"; \
+	  molecule test --scenario-name "$$s"; \
+	done
+
+test: lint unit molecule
+
+bench: deps
+	bench/run
+
+# --- cleaning -------------------------------------------------------------
+
+clean:
+	-@test -x $(VENV)/bin/ansible-playbook && $(VENV)/bin/ansible-playbook lab/down.yml >/dev/null
+	rm -rf .cache/molecule .pytest_cache .ruff_cache
+
+distclean: clean
+	rm -rf $(VENV) .cache
+	-podman images --format '{{.Repository}}:{{.Tag}}' | grep '^localhost/halfbridge-lab:' | xargs -r podman rmi -f

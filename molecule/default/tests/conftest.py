@@ -1,0 +1,32 @@
+"""Lab hosts for testinfra, reached through its podman:// backend."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import testinfra
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+
+from tests.support.inventory import container, host_var
+
+
+@pytest.fixture(scope="session")
+def lab_host():
+    """lab_host('gw') is the testinfra host of the lab's gateway."""
+    hosts: dict[str, testinfra.host.Host] = {}
+
+    def get(name: str) -> testinfra.host.Host:
+        if name not in hosts:
+            hosts[name] = testinfra.get_host(f"podman://{container(name)}")
+        return hosts[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def cameras() -> list[dict]:
+    """The camera referential as the gateway sees it (annex 4)."""
+    return host_var("gw", "halfbridge_cameras")

@@ -1,0 +1,113 @@
+"""The address and calendar filters, called as plays call them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+
+import pytest
+from ansible.errors import AnsibleFilterError
+
+from tests.support.inventory import ROOT
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "plugins" / "filter" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+net = load("halfbridge_net")
+cal = load("halfbridge_calendar")
+
+
+def test_cidrs_are_normalised_and_merged():
+    assert net.cidrs(["198.51.100.7/24", "198.51.100.30", "198.51.100.128/25", "2001:db8::1/32"]) == [
+        "198.51.100.0/24",
+        "2001:db8::/32",
+    ]
+
+
+def test_adjacent_networks_merge_into_one():
+    assert net.cidrs(["198.51.100.0/25", "198.51.100.128/25"]) == ["198.51.100.0/24"]
+
+
+@pytest.mark.parametrize("bad", ["10.1", "198.51.100.0/-1", "198.51.100.0/8x", "::g", " "])
+def test_invalid_cidrs_are_named(bad):
+    errors = net.cidr_errors(["198.51.100.0/24", bad], "peers")
+    assert len(errors) == 1
+    assert errors[0].startswith(f"peers: {bad!r} is not a valid")
+    with pytest.raises(AnsibleFilterError):
+        net.cidrs([bad])
+
+
+def test_zone_errors_name_the_zone():
+    errors = net.cidr_errors({"cameras": ["300.0.0.0/8"], "interconnect": ["198.51.100.0/24"]}, "halfbridge_zones")
+    assert errors and errors[0].startswith("halfbridge_zones.cameras: '300.0.0.0/8'")
+
+
+def test_overlapping_zones_are_reported_once_per_pair():
+    overlaps = net.zone_overlaps(
+        {"interconnect": ["198.51.100.0/24"], "cameras": ["198.51.100.64/26"], "management": ["198.18.0.0/24"]}
+    )
+    assert overlaps == ["zones cameras and interconnect overlap on 198.51.100.64/26"]
+
+
+def test_disjoint_zones_do_not_overlap():
+    assert net.zone_overlaps({"a": ["198.18.0.0/24"], "b": ["198.18.1.0/24"]}) == []
+
+
+def test_networks_outside_a_zone_are_listed():
+    assert net.cidrs_outside(["198.51.100.30", "198.18.0.5"], ["198.51.100.0/24"]) == ["198.18.0.5/32"]
+
+
+CONVENTION = {"signed_on": "2025-10-21", "term_years": 5, "tacit_renewals": 1, "termination_notice_months": 3}
+
+
+def test_calendar_of_the_pp_convention():
+    calendar = cal.convention_calendar(CONVENTION, "2026-11-29")
+    assert calendar["current_term_end"] == "2030-10-21"
+    assert calendar["final_end"] == "2035-10-21"
+    assert calendar["notice_deadline"] == "2030-07-21"
+    assert calendar["in_force"] is True
+
+
+def test_the_last_day_of_the_convention_is_the_day_before_its_anniversary():
+    assert cal.convention_calendar(CONVENTION, "2035-10-20")["in_force"] is True
+    assert cal.convention_calendar(CONVENTION, "2035-10-21")["in_force"] is False
+
+
+def test_before_its_start_the_convention_is_not_in_force():
+    assert cal.convention_calendar(CONVENTION, "2025-10-20")["in_force"] is False
+
+
+def test_after_the_first_term_the_deadlines_move_to_the_renewal():
+    calendar = cal.convention_calendar(CONVENTION, "2031-01-15")
+    assert calendar["current_term_end"] == "2035-10-21"
+    assert calendar["notice_deadline"] == "2035-07-21"
+
+
+def test_late_notice_only_ends_the_next_term():
+    late = {**CONVENTION, "termination_notice_given_on": "2030-08-01"}
+    assert cal.convention_calendar(late, "2031-01-01")["final_end"] == "2035-10-21"
+    in_time = {**CONVENTION, "termination_notice_given_on": "2030-07-21"}
+    assert cal.convention_calendar(in_time, "2031-01-01")["final_end"] == "2030-10-21"
+
+
+def test_month_arithmetic_clamps_to_the_end_of_the_month():
+    assert cal.add_months(dt.date(2024, 2, 29), 12) == dt.date(2025, 2, 28)
+    assert cal.add_months(dt.date(2030, 5, 31), -3) == dt.date(2030, 2, 28)
+    assert cal.add_months(dt.date(2030, 1, 15), -1) == dt.date(2029, 12, 15)
+
+
+@pytest.mark.parametrize("bad", ["21/10/2025", "2025-13-01", "2025-10-21T00:00", "", "20251021"])
+def test_malformed_dates_are_refused_with_the_expected_form(bad):
+    with pytest.raises(AnsibleFilterError, match="is not a calendar date in the form YYYY-MM-DD"):
+        cal.parse_date(bad)
+
+
+@pytest.mark.parametrize("term", [0, -5, "5", True, None])
+def test_a_term_that_is_not_a_positive_whole_number_is_refused(term):
+    with pytest.raises(AnsibleFilterError, match="term_years must be a whole number"):
+        cal.convention_calendar({**CONVENTION, "term_years": term}, "2026-01-01")

@@ -39,7 +39,7 @@ def preflight(inventory: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_VAULT_IDENTITY_LIST": f"lab@{inventory / 'vault-password'}",
+        "ANSIBLE_VAULT_IDENTITY_LIST": f"lab@{LAB_INVENTORY / 'vault-password'}",
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_FORCE_COLOR": "0",
     }
@@ -155,3 +155,9 @@ def test_notice_of_termination_ends_the_convention_at_the_end_of_the_term(invent
 def test_a_malformed_date_is_refused_with_the_expected_form(inventory):
     edit(inventory, CONVENTION, lambda d: d["halfbridge_convention"].update(signed_on="21/10/2025"))
     assert "'21/10/2025' is not a calendar date in the form YYYY-MM-DD" in refused(inventory)
+
+
+def test_the_production_example_passes_once_its_vault_is_filled():
+    example = ROOT / "inventories" / "production.example"
+    done = preflight(example, "-e", "vault_halfbridge_camera_username=u", "-e", "vault_halfbridge_camera_password=p")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]

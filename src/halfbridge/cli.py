@@ -22,3 +22,25 @@ def probe_main(argv: list[str] | None = None) -> int:
         return 1
     print(json.dumps(info.as_dict()))
     return 0
+
+
+def _logging(verbose: bool) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def recorder_main(argv: list[str] | None = None) -> int:
+    """halfbridge-recorder CONFIG: record one camera continuously, as configured in CONFIG (JSON)."""
+    from halfbridge.recorder import Recorder, RecorderConfig
+
+    parser = argparse.ArgumentParser(prog="halfbridge-recorder", description=recorder_main.__doc__)
+    parser.add_argument("config", help="the camera's JSON configuration (it holds the RTSP credentials)")
+    parser.add_argument("--verbose", action="store_true", help="log ffmpeg's restarts in detail")
+    args = parser.parse_args(argv)
+    _logging(args.verbose)
+    return Recorder(RecorderConfig.load(args.config)).serve()

@@ -6,8 +6,8 @@ several of them quickly; nothing else differs from the lab.
 
 from __future__ import annotations
 
+import itertools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -82,9 +82,13 @@ class RecorderProcess:
 
     def path(self, segment) -> Path:
         day = time.gmtime(segment_time(segment.name))
-        return self.store.camera_dir(self.camera.id) / f"{day.tm_year:04d}" / f"{day.tm_mon:02d}" / (
-            f"{day.tm_mday:02d}"
-        ) / segment.name
+        return (
+            self.store.camera_dir(self.camera.id)
+            / f"{day.tm_year:04d}"
+            / f"{day.tm_mon:02d}"
+            / (f"{day.tm_mday:02d}")
+            / segment.name
+        )
 
 
 @pytest.fixture
@@ -117,7 +121,7 @@ def test_segments_are_contiguous_decodable_and_indexed(recorder):
         assert abs(seg.start - segment_time(seg.name)) <= 1.5, seg
         decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True)
         assert decoded.returncode == 0 and not decoded.stderr, decoded.stderr
-    for before, after in zip(segments, segments[1:], strict=False):
+    for before, after in itertools.pairwise(segments):
         # The index leaves no hole, and neither do the files' own timestamps.
         assert abs(after.start - before.end) < 0.002, (before, after)
         last_pts, last_duration = packets(recorder.path(before))[-1]
@@ -200,4 +204,4 @@ def test_ffmpeg_never_sees_the_camera_password_on_its_command_line(recorder, cam
     own = Path(f"/proc/{recorder.process.pid}/cmdline").read_bytes()
     assert camera.password.encode() not in own
     playlist = recorder.state_dir / f"{camera.id}.ffconcat"
-    assert os.stat(playlist).st_mode & 0o077 == 0, "the playlist holding the password is private"
+    assert playlist.stat().st_mode & 0o077 == 0, "the playlist holding the password is private"

@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make lab    the lab (four podman containers) and site.yml against it
-#   make test   lint, unit tests and every molecule scenario
+#   make test   lint, unit and integration tests, every molecule scenario
 # Both install what they need first (apt packages, the virtualenv, the image).
 
 SHELL := /bin/bash
@@ -17,13 +17,13 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 0
 export PY_COLORS ?= 0
 
-.PHONY: help deps lab lab-up lab-down test lint unit molecule bench clean distclean
+.PHONY: help deps lab lab-up lab-down test lint pytest molecule bench clean distclean
 
 help:
 	@echo "make lab        bring up the lab and run site.yml against it"
-	@echo "make test       lint, unit tests, every molecule scenario ($(SCENARIOS))"
+	@echo "make test       lint, unit and integration tests, every molecule scenario ($(SCENARIOS))"
 	@echo "make molecule SCENARIO=default   one scenario"
-	@echo "make lint | unit | bench | lab-down | clean | distclean"
+	@echo "make lint | pytest | bench | lab-down | clean | distclean"
 
 # --- set-up ---------------------------------------------------------------
 
@@ -65,7 +65,8 @@ lint: deps
 	ruff check .
 	ruff format --check .
 
-unit: deps
+# Unit and integration tests (no container: a local camera and real ffmpeg).
+pytest: deps
 	pytest -q tests
 
 molecule: deps
@@ -74,7 +75,7 @@ molecule: deps
 	  molecule test --scenario-name "$$s"; \
 	done
 
-test: lint unit molecule
+test: lint pytest molecule
 
 bench: deps
 	bench/run

@@ -110,7 +110,9 @@ def _ffprobe(url: str, options: dict, timeout: float) -> dict:
         except FileNotFoundError:
             raise ProbeError("ffprobe is not installed (Debian package ffmpeg)") from None
     if done.returncode != 0:
-        lines = [line for line in done.stderr.replace(url, redact(url)).splitlines() if source not in line]
+        # ffprobe's last line says why ("Connection refused", "401 Unauthorized"), prefixed
+        # with the playlist's name; earlier lines may quote the URL, so redact it everywhere.
+        lines = done.stderr.replace(url, redact(url)).replace(f"{source}: ", "").strip().splitlines()
         reason = lines[-1].strip() if lines else f"ffprobe exited with {done.returncode}"
         raise ProbeError(f"{redact(url)}: {reason}")
     return json.loads(done.stdout or "{}")
@@ -176,7 +178,7 @@ def record_command(
     segment_list: str,
     segment_seconds: int,
     keep_audio: bool,
-    stats_period: float = 1.0,
+    stats_period: float = 2.0,
 ) -> list[str]:
     """ffmpeg copying a camera into clock-aligned MPEG-TS segments, with progress on stdout.
 

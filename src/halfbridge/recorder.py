@@ -34,7 +34,7 @@ from halfbridge.store import Segment, Store, segment_time, utc
 log = logging.getLogger("halfbridge.recorder")
 
 _PR_SET_PDEATHSIG = 1
-# Progress reports (one a second) whose smallest "wall clock minus muxed time" anchors a run.
+# Progress reports (one every 2 s) whose smallest "wall clock minus muxed time" anchors a run.
 _ANCHOR_SAMPLES = 3
 _ANCHOR_SAMPLES_MAX = 10
 
@@ -129,8 +129,10 @@ class Recorder:
         self.last_error = ""
         self.restarts = 0
         self.next_start = 0.0
+        self.days_ensured = float("-inf")
         self.last_down_log = 0.0
         self.keep_audio = config.keep_audio
+        self.audio_note = "unknown" if config.keep_audio is None else ("kept" if config.keep_audio else "not recorded")
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.status_path = config.state_dir / f"{config.camera}.status.json"
         self.playlist_path = config.state_dir / f"{config.camera}.ffconcat"
@@ -147,7 +149,10 @@ class Recorder:
         log.info("camera %s: recording to %s", self.config.camera, self.store.camera_dir(self.config.camera))
         while not self.stopping:
             self.step()
-            self.sleep(0.05 if self.run is not None and self.run.anchor is None else 0.25)
+            # Fast while a run starts (to anchor it), then once a second: a finished
+            # segment waits at most that long for its index line.
+            settling = self.run is not None and self.run.anchor_samples < _ANCHOR_SAMPLES
+            self.sleep(0.05 if settling else 1.0)
         self.stop_run("the recorder is stopping")
         self.write_status()
         return 0
@@ -159,7 +164,9 @@ class Recorder:
         """One turn of the supervision loop."""
         now = self.clock()
         try:
-            self.store.ensure_days(self.config.camera, now)
+            if now - self.days_ensured >= 60:
+                self.store.ensure_days(self.config.camera, now)  # today and tomorrow
+                self.days_ensured = now
         except OSError as exc:
             # A full or read-only disk: say so, keep trying, never crash-loop.
             self.went_down(now, f"cannot create the day directory: {exc}", self.config.backoff_cap)
@@ -174,8 +181,9 @@ class Recorder:
         if code is not None:
             self.run_ended(now, f"ffmpeg exited with status {code}")
         elif now - self.run.last_growth > self.config.watchdog_seconds:
-            self.stop_run(f"no new data for {self.config.watchdog_seconds:g} s")
-            self.run_ended(now, f"no new data for {self.config.watchdog_seconds:g} s")
+            why = f"no new frames for {self.config.watchdog_seconds:g} s (or the camera's timestamps stopped advancing)"
+            self.stop_run(why)
+            self.run_ended(now, why)
 
     # -- running ffmpeg --------------------------------------------------
 
@@ -211,6 +219,7 @@ class Recorder:
 
     def _on_stderr(self, run: Run, line: str) -> None:
         text = line.strip().replace(self.config.url, media.redact(self.config.url))
+        text = text.replace(f"{self.playlist_path}: ", "")
         if text and "Non-monotonous DTS" not in text and "Timestamps are unset" not in text:
             with run.lock:
                 run.errors.append(text)
@@ -229,9 +238,13 @@ class Recorder:
                 continue
             out_us = block.get("out_time_us", "N/A")
             out_us = int(out_us) if out_us.lstrip("-").isdigit() else 0
-            # The segment muxer reports no total_size: the heartbeat is the muxed time moving on.
+            # The segment muxer reports no total_size: the heartbeat is the muxed time keeping
+            # up with the wall clock. Timestamps that stop advancing (a camera whose clock
+            # jumped back: ffmpeg then nudges each frame by one tick) count as a stall too.
             if out_us > run.last_out_us:
-                run.last_out_us, run.last_growth = out_us, seen
+                run.last_out_us = out_us
+                if run.anchor is None or (seen - run.anchor) - out_us / 1e6 < self.config.watchdog_seconds:
+                    run.last_growth = seen
             if out_us > 0 and run.anchor_samples < _ANCHOR_SAMPLES_MAX:
                 # A packet muxed at relative time t was written at or before `seen`:
                 # the smallest (seen - t) over the first reports is the best anchor.
@@ -356,7 +369,7 @@ class Recorder:
             "since": _iso(self.down_since) if self.state == "down" else None,
             "last_error": self.last_error or None,
             "restarts": self.restarts,
-            "audio": "kept" if self.keep_audio else "dropped",
+            "audio": self.audio_note,
             "updated": _iso(self.clock()),
         }
         media.write_private(self.status_path, json.dumps(status, indent=1) + "\n")
@@ -374,7 +387,9 @@ class Recorder:
                 self.config.camera,
                 info.audio,
             )
+            self.audio_note = f"dropped ({info.audio} does not fit in MPEG-TS)"
             return False
+        self.audio_note = f"kept ({info.audio})" if info.audio else "none"
         return bool(info.audio)
 
     # -- crash recovery --------------------------------------------------

@@ -48,3 +48,39 @@ def test_cli_prints_json(clip, capsys):
     assert probe_main([clip]) == 0
     assert '"width": 320' in capsys.readouterr().out
     assert probe_main(["/nonexistent.ts"]) == 1
+
+
+@pytest.fixture(scope="module")
+def clip_with_alaw(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("media") / "alaw.mkv"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=320x180:rate=25", "-f", "lavfi",
+         "-i", "sine=frequency=440:sample_rate=8000", "-t", "1", "-c:v", "libx264", "-c:a", "pcm_alaw", str(path)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    return str(path)
+
+
+def test_audio_that_mpegts_cannot_carry_is_dropped_with_a_log_line(clip_with_alaw, tmp_path, caplog):
+    from halfbridge.recorder import Recorder, RecorderConfig
+
+    config = RecorderConfig(camera="cam-01", url=clip_with_alaw, store_root=tmp_path / "s", state_dir=tmp_path / "t")
+    recorder = Recorder(config)
+    with caplog.at_level("WARNING"):
+        assert recorder.decide_audio() is False
+    assert "audio in pcm_alaw cannot be carried in MPEG-TS; recording the video only" in caplog.text
+    assert recorder.audio_note.startswith("dropped")
+
+
+def test_record_command_keeps_credentials_off_the_command_line():
+    from halfbridge.media import ffconcat_text, record_command
+
+    command = record_command("/run/cam.ffconcat", "/srv/r/cam/%Y/%m/%d/%Y%m%dT%H%M%SZ.ts", "/s/l.csv", 60, False)
+    assert command[:4] == ["ffmpeg", "-f", "concat", "-protocol_whitelist"]
+    assert "-c" in command and command[command.index("-c") + 1] == "copy"
+    assert command[command.index("-map") + 1] == "0:v:0" and command.count("-map") == 1
+    playlist = ffconcat_text("rtsp://u:p%40ss@198.18.10.20:8554/stream", 10)
+    assert "file 'rtsp://u:p%40ss@198.18.10.20:8554/stream'" in playlist
+    assert "option rtsp_transport tcp" in playlist
+    with pytest.raises(ProbeError):
+        ffconcat_text("rtsp://u:it's@h/s", 10)

@@ -1,0 +1,113 @@
+"""CPU seconds per recorded camera-minute: halfbridge-recorder against a bare ffmpeg.
+
+Both record the same simulated camera (the lab's simulator, on loopback),
+side by side, for the same wall time. The baseline is the bare command
+
+    ffmpeg -rtsp_transport tcp -i URL -map 0:v -c copy -f segment -segment_format mpegts ...
+
+and ours is halfbridge-recorder (its supervisor and its ffmpeg child). CPU
+time is what the kernel accounted to each process tree (user + system),
+read when each has been reaped. Target: ratio at most 1.10.
+
+    bench/recorder/run [--seconds 130] [--warmup 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.camera import Camera  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of a live process and its descendants."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICK
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", 130)))
+    parser.add_argument("--warmup", type=float, default=20.0, help="seconds before the steady-state window")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-recorder-") as tmp:
+        work = Path(tmp)
+        camera = Camera(work, "bench-cam")
+        camera.start()
+        try:
+            (work / "base").mkdir()
+            config = work / "recorder.json"
+            config.write_text(
+                json.dumps(
+                    {"camera": camera.id, "url": camera.url, "store_root": str(work / "ours"),
+                     "state_dir": str(work / "state"), "segment_seconds": 10, "keep_audio": False}
+                )
+            )  # fmt: skip
+            baseline_cmd = [
+                "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-rtsp_transport", "tcp",
+                "-i", camera.url, "-map", "0:v:0", "-c", "copy", "-f", "segment", "-segment_format", "mpegts",
+                "-segment_time", "10", "-segment_atclocktime", "1", "-strftime", "1",
+                "-segment_list", str(work / "base" / "list.csv"), "-segment_list_type", "csv",
+                str(work / "base" / "%Y%m%dT%H%M%SZ.ts"),
+            ]  # fmt: skip
+            ours_cmd = [str(Path(sys.executable).with_name("halfbridge-recorder")), str(config)]
+
+            start = children_cpu()
+            baseline = subprocess.Popen(baseline_cmd, env={**os.environ, "TZ": "UTC"})
+            ours = subprocess.Popen(ours_cmd, stderr=subprocess.DEVNULL)
+            time.sleep(args.warmup)
+            warm = (tree_cpu(baseline.pid), tree_cpu(ours.pid))
+            time.sleep(max(1.0, args.seconds - args.warmup))
+            steady = (tree_cpu(baseline.pid) - warm[0], tree_cpu(ours.pid) - warm[1])
+            baseline.send_signal(signal.SIGINT)
+            baseline.wait(timeout=30)
+            after_baseline = children_cpu()
+            ours.send_signal(signal.SIGTERM)
+            ours.wait(timeout=30)
+            after_ours = children_cpu()
+        finally:
+            camera.stop()
+        base_cpu, our_cpu = after_baseline - start, after_ours - after_baseline
+        minutes, window = args.seconds / 60, max(1.0, args.seconds - args.warmup) / 60
+        recorded = sum(1 for _ in (work / "ours").rglob("*.ts")) if (work / "ours").exists() else 0
+        print(f"recorder: one 640x360 25 fps camera for {args.seconds:.0f} s ({recorded} segments of ours)")
+        print(f"{'CPU s per camera-minute':<30}{'whole run':>12}{'steady state':>14}")
+        print(f"{'ffmpeg -c copy -f segment':<30}{base_cpu / minutes:>12.3f}{steady[0] / window:>14.3f}")
+        print(f"{'halfbridge-recorder':<30}{our_cpu / minutes:>12.3f}{steady[1] / window:>14.3f}")
+        print(
+            f"{'ratio (target <= 1.10 steady)':<30}{our_cpu / base_cpu if base_cpu else float('inf'):>12.2f}"
+            f"{steady[1] / steady[0] if steady[0] else float('inf'):>14.2f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

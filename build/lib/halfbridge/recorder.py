@@ -1,0 +1,469 @@
+"""One camera's recorder: ffmpeg under a supervisor that never gives up.
+
+The supervisor runs ffmpeg (see `media.record_command`), indexes each segment
+ffmpeg finishes, and watches ffmpeg's progress reports: no new data for
+`watchdog_seconds` means a stalled camera, and ffmpeg is restarted. A camera
+that is down is retried with exponential back-off and jitter, up to a cap; it
+is reported once when it goes down (status file and one log line saying since
+when), then at most once per `still_down_log_seconds`, never in a loop that
+floods the journal. A segment cut short by a crash (of ffmpeg or of the
+supervisor itself) is measured when the supervisor starts again and indexed
+with the flag `recovered`.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import datetime as dt
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from halfbridge import media
+from halfbridge.store import Segment, Store, segment_time, utc
+
+log = logging.getLogger("halfbridge.recorder")
+
+_PR_SET_PDEATHSIG = 1
+# Progress reports (one a second) whose smallest "wall clock minus muxed time" anchors a run.
+_ANCHOR_SAMPLES = 3
+_ANCHOR_SAMPLES_MAX = 10
+
+
+@dataclass
+class RecorderConfig:
+    camera: str
+    url: str
+    store_root: Path
+    state_dir: Path
+    segment_seconds: int = 60
+    rtsp_timeout: float = 10.0
+    watchdog_seconds: float = 15.0
+    backoff_initial: float = 1.0
+    backoff_cap: float = 30.0
+    backoff_jitter: float = 0.2
+    stable_seconds: float = 60.0
+    still_down_log_seconds: float = 600.0
+    keep_audio: bool | None = None  # None: decided by probing the camera
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RecorderConfig:
+        """Read a camera's JSON configuration; a missing key or a bad value is a sentence."""
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"halfbridge-recorder: cannot read {path}: {exc}") from None
+        missing = [k for k in ("camera", "url", "store_root", "state_dir") if not raw.get(k)]
+        if missing:
+            raise SystemExit(f"halfbridge-recorder: {path} lacks {', '.join(missing)}")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise SystemExit(f"halfbridge-recorder: {path} has unknown keys {', '.join(unknown)}")
+        raw["store_root"], raw["state_dir"] = Path(raw["store_root"]), Path(raw["state_dir"])
+        config = cls(**raw)
+        if config.segment_seconds < 2 or config.watchdog_seconds <= 0 or config.backoff_cap < config.backoff_initial:
+            raise SystemExit(
+                f"halfbridge-recorder: {path}: segment_seconds must be at least 2, watchdog_seconds positive, "
+                "and backoff_cap at least backoff_initial"
+            )
+        return config
+
+
+class Backoff:
+    """Exponential back-off with jitter and a cap, reset once a run proved stable."""
+
+    def __init__(self, initial: float, cap: float, jitter: float, rng: random.Random | None = None) -> None:
+        self.initial, self.cap, self.jitter = initial, cap, jitter
+        self.failures = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        base = min(self.cap, self.initial * (2**self.failures))
+        self.failures += 1
+        spread = base * self.jitter
+        return max(0.0, min(self.cap, base + self._rng.uniform(-spread, spread)))
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+@dataclass
+class Run:
+    """One ffmpeg process and what it has produced so far."""
+
+    process: subprocess.Popen
+    started: float
+    list_path: Path
+    list_offset: int = 0
+    anchor: float | None = None
+    anchor_samples: int = 0
+    last_out_us: int = -1  # the last muxed time seen, in microseconds
+    last_growth: float = 0.0
+    last_end: float | None = None  # absolute end of the last indexed segment
+    segments: int = 0
+    progress: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
+    errors: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Recorder:
+    def __init__(self, config: RecorderConfig, clock=time.time, sleep=time.sleep) -> None:
+        self.config = config
+        self.store = Store(config.store_root)
+        self.clock, self.sleep = clock, sleep
+        self.backoff = Backoff(config.backoff_initial, config.backoff_cap, config.backoff_jitter)
+        self.run: Run | None = None
+        self.stopping = False
+        self.state = "starting"
+        self.down_since: float | None = None
+        self.last_error = ""
+        self.restarts = 0
+        self.next_start = 0.0
+        self.last_down_log = 0.0
+        self.keep_audio = config.keep_audio
+        self.audio_note = "unknown" if config.keep_audio is None else ("kept" if config.keep_audio else "not recorded")
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self.status_path = config.state_dir / f"{config.camera}.status.json"
+        self.playlist_path = config.state_dir / f"{config.camera}.ffconcat"
+        self.run_path = config.state_dir / f"{config.camera}.run.json"
+
+    # -- lifecycle -------------------------------------------------------
+
+    def serve(self) -> int:
+        """Record until SIGTERM or SIGINT; returns the exit status."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        self.recover()
+        self.write_status()
+        log.info("camera %s: recording to %s", self.config.camera, self.store.camera_dir(self.config.camera))
+        while not self.stopping:
+            self.step()
+            self.sleep(0.05 if self.run is not None and self.run.anchor is None else 0.25)
+        self.stop_run("the recorder is stopping")
+        self.write_status()
+        return 0
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.stopping = True
+
+    def step(self) -> None:
+        """One turn of the supervision loop."""
+        now = self.clock()
+        try:
+            self.store.ensure_days(self.config.camera, now)
+        except OSError as exc:
+            # A full or read-only disk: say so, keep trying, never crash-loop.
+            self.went_down(now, f"cannot create the day directory: {exc}", self.config.backoff_cap)
+            self.next_start = now + self.config.backoff_cap
+            return
+        if self.run is None:
+            if now >= self.next_start:
+                self.start_run(now)
+            return
+        self.collect(now)
+        code = self.run.process.poll()
+        if code is not None:
+            self.run_ended(now, f"ffmpeg exited with status {code}")
+        elif now - self.run.last_growth > self.config.watchdog_seconds:
+            why = f"no new frames for {self.config.watchdog_seconds:g} s (or the camera's timestamps stopped advancing)"
+            self.stop_run(why)
+            self.run_ended(now, why)
+
+    # -- running ffmpeg --------------------------------------------------
+
+    def start_run(self, now: float) -> None:
+        if self.keep_audio is None:
+            self.keep_audio = self.decide_audio()
+        media.write_private(self.playlist_path, media.ffconcat_text(self.config.url, self.config.rtsp_timeout))
+        list_path = self.config.state_dir / f"{self.config.camera}.segments.csv"
+        list_path.unlink(missing_ok=True)
+        command = media.record_command(
+            str(self.playlist_path),
+            self.store.segment_pattern(self.config.camera),
+            str(list_path),
+            self.config.segment_seconds,
+            bool(self.keep_audio),
+        )
+        process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "TZ": "UTC"},
+            preexec_fn=_die_with_parent,
+        )
+        self.run = Run(process=process, started=now, list_path=list_path, last_growth=now)
+        self.run_path.write_text(json.dumps({"started": now, "anchor": None, "last_end": None}))
+        for stream, sink in ((process.stdout, self._on_progress), (process.stderr, self._on_stderr)):
+            threading.Thread(target=_pump, args=(stream, sink, self.run), daemon=True).start()
+
+    def _on_progress(self, run: Run, line: str) -> None:
+        with run.lock:
+            run.progress.append((time.time(), line))
+
+    def _on_stderr(self, run: Run, line: str) -> None:
+        text = line.strip().replace(self.config.url, media.redact(self.config.url))
+        text = text.replace(f"{self.playlist_path}: ", "")
+        if text and "Non-monotonous DTS" not in text and "Timestamps are unset" not in text:
+            with run.lock:
+                run.errors.append(text)
+
+    def collect(self, now: float) -> None:
+        """Read ffmpeg's progress (anchor, watchdog) and its finished segments (index)."""
+        run = self.run
+        with run.lock:
+            reports = list(run.progress)
+            run.progress.clear()
+        block: dict[str, str] = {}
+        for seen, line in reports:
+            key, _, value = line.strip().partition("=")
+            block[key] = value
+            if key != "progress":
+                continue
+            out_us = block.get("out_time_us", "N/A")
+            out_us = int(out_us) if out_us.lstrip("-").isdigit() else 0
+            # The segment muxer reports no total_size: the heartbeat is the muxed time keeping
+            # up with the wall clock. Timestamps that stop advancing (a camera whose clock
+            # jumped back: ffmpeg then nudges each frame by one tick) count as a stall too.
+            if out_us > run.last_out_us:
+                run.last_out_us = out_us
+                if run.anchor is None or (seen - run.anchor) - out_us / 1e6 < self.config.watchdog_seconds:
+                    run.last_growth = seen
+            if out_us > 0 and run.anchor_samples < _ANCHOR_SAMPLES_MAX:
+                # A packet muxed at relative time t was written at or before `seen`:
+                # the smallest (seen - t) over the first reports is the best anchor.
+                estimate = seen - out_us / 1e6
+                run.anchor = estimate if run.anchor is None else min(run.anchor, estimate)
+                run.anchor_samples += 1
+                if run.anchor_samples == 1:
+                    self.went_up(now)
+            block = {}
+        # Index only once the anchor has settled (ffmpeg's first report can come before the
+        # burst of frames it buffered while probing, and overestimate the anchor).
+        if run.anchor is not None and run.anchor_samples >= _ANCHOR_SAMPLES:
+            self.index_finished(run)
+
+    def index_finished(self, run: Run) -> None:
+        try:
+            with run.list_path.open("rb") as handle:
+                handle.seek(run.list_offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return
+        for raw in data.splitlines(keepends=True):
+            if not raw.endswith(b"\n"):
+                break  # ffmpeg is still writing this line
+            run.list_offset += len(raw)
+            name, rel_start, rel_end = _parse_list_line(raw.decode("utf-8", "replace"))
+            if name is None:
+                continue
+            self.index_segment(name, run.anchor + rel_start, run.anchor + rel_end)
+            run.last_end = run.anchor + rel_end
+            run.segments += 1
+        self.run_path.write_text(json.dumps({"started": run.started, "anchor": run.anchor, "last_end": run.last_end}))
+
+    def index_segment(self, name: str, start: float, end: float, flags: str = "") -> None:
+        day_time = segment_time(name)
+        if day_time is None:
+            log.warning("camera %s: ffmpeg wrote an unexpected segment name %r; not indexed", self.config.camera, name)
+            return
+        day = utc(day_time).date()
+        path = self.store.day_dir(self.config.camera, day) / name
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            log.warning("camera %s: segment %s vanished before it was indexed", self.config.camera, path)
+            return
+        self.store.append(self.config.camera, day, Segment(round(start, 3), round(end, 3), size, name, flags))
+
+    def stop_run(self, why: str) -> None:
+        run = self.run
+        if run is None:
+            return
+        if run.process.poll() is None:
+            run.process.send_signal(signal.SIGINT)  # ffmpeg finishes the segment and its list entry
+            try:
+                run.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                run.process.kill()
+                run.process.wait(timeout=5)
+        if run.anchor is not None:
+            self.index_finished(run)
+        log.debug("camera %s: ffmpeg stopped: %s", self.config.camera, why)
+
+    def run_ended(self, now: float, why: str) -> None:
+        run = self.run
+        self.run = None
+        with run.lock:
+            errors = list(run.errors)
+        if run.anchor is not None:
+            self.index_finished(run)
+        self.recover_partial(run.last_end)
+        reason = errors[-1] if errors else why
+        if self.stopping:
+            return
+        if now - run.started >= self.config.stable_seconds and run.segments > 0:
+            self.backoff.reset()
+        delay = self.backoff.next_delay()
+        self.next_start = now + delay
+        self.restarts += 1
+        self.went_down(now, reason, delay)
+
+    # -- state and reports -----------------------------------------------
+
+    def went_up(self, now: float) -> None:
+        if self.state == "down":
+            log.info(
+                "camera %s: recording again after %s down (%d attempts)",
+                self.config.camera,
+                _duration(now - (self.down_since or now)),
+                self.backoff.failures,
+            )
+        elif self.state == "starting":
+            log.info("camera %s: recording", self.config.camera)
+        self.state, self.down_since, self.last_error = "recording", None, ""
+        self.write_status()
+
+    def went_down(self, now: float, reason: str, delay: float) -> None:
+        self.last_error = reason
+        if self.state != "down":
+            self.state, self.down_since, self.last_down_log = "down", now, now
+            log.warning(
+                "camera %s: down since %s: %s; next try in %.0f s",
+                self.config.camera,
+                utc(now).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                reason,
+                delay,
+            )
+        elif now - self.last_down_log >= self.config.still_down_log_seconds:
+            self.last_down_log = now
+            log.warning(
+                "camera %s: still down since %s (%d attempts): %s",
+                self.config.camera,
+                utc(self.down_since).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                self.backoff.failures,
+                reason,
+            )
+        self.write_status()
+
+    def write_status(self) -> None:
+        status = {
+            "camera": self.config.camera,
+            "state": "stopped" if self.stopping else self.state,
+            "since": _iso(self.down_since) if self.state == "down" else None,
+            "last_error": self.last_error or None,
+            "restarts": self.restarts,
+            "audio": self.audio_note,
+            "updated": _iso(self.clock()),
+        }
+        media.write_private(self.status_path, json.dumps(status, indent=1) + "\n")
+
+    def decide_audio(self) -> bool | None:
+        """Keep the audio if MPEG-TS can carry it; None when the camera cannot be asked now."""
+        try:
+            info = media.probe_video(self.config.url, timeout=self.config.rtsp_timeout)
+        except media.ProbeError as exc:
+            log.debug("camera %s: probe before recording failed: %s", self.config.camera, exc)
+            return None
+        if info.audio and info.audio not in media.TS_AUDIO_CODECS:
+            log.warning(
+                "camera %s: audio in %s cannot be carried in MPEG-TS; recording the video only",
+                self.config.camera,
+                info.audio,
+            )
+            self.audio_note = f"dropped ({info.audio} does not fit in MPEG-TS)"
+            return False
+        self.audio_note = f"kept ({info.audio})" if info.audio else "none"
+        return bool(info.audio)
+
+    # -- crash recovery --------------------------------------------------
+
+    def recover(self) -> None:
+        """At start: index the segment a crashed run left unindexed, measured with ffprobe."""
+        try:
+            previous = json.loads(self.run_path.read_text())
+        except (OSError, ValueError):
+            previous = {}
+        self.recover_partial(previous.get("last_end"))
+
+    def recover_partial(self, last_end: float | None) -> None:
+        """Index the unindexed segments of the last two days (at most a crash's partial one)."""
+        today = utc(self.clock()).date()
+        for day in (today - dt.timedelta(days=1), today):
+            for name in self.store.unindexed(self.config.camera, day):
+                path = self.store.day_dir(self.config.camera, day) / name
+                self._recover_one(path, day, last_end)
+
+    def _recover_one(self, path: Path, day, last_end: float | None) -> None:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return
+        if size == 0:
+            path.unlink(missing_ok=True)
+            log.info("camera %s: removed empty segment %s left by a crash", self.config.camera, path.name)
+            return
+        try:
+            duration = media.probe_duration(str(path))
+        except media.ProbeError as exc:
+            log.warning(
+                "camera %s: segment %s left by a crash is unreadable (%s); kept, not indexed",
+                self.config.camera,
+                path.name,
+                exc,
+            )
+            return
+        named = segment_time(path.name)
+        start = last_end if last_end is not None and abs(last_end - named) < 5 else named
+        segment = Segment(round(start, 3), round(start + duration, 3), size, path.name, "recovered")
+        self.store.append(self.config.camera, day, segment)
+        log.info(
+            "camera %s: indexed %s (%.1f s) left unfinished by a crash",
+            self.config.camera,
+            path.name,
+            duration,
+        )
+
+
+def _pump(stream, sink, run: Run) -> None:
+    with contextlib.suppress(ValueError, OSError):
+        for raw in iter(stream.readline, b""):
+            sink(run, raw.decode("utf-8", "replace"))
+    stream.close()
+
+
+def _parse_list_line(line: str) -> tuple[str | None, float, float]:
+    parts = line.strip().rsplit(",", 2)
+    if len(parts) != 3:
+        return None, 0.0, 0.0
+    try:
+        return Path(parts[0]).name, float(parts[1]), float(parts[2])
+    except ValueError:
+        return None, 0.0, 0.0
+
+
+def _die_with_parent() -> None:
+    """ffmpeg gets SIGKILL if its supervisor dies, whatever killed it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else utc(ts).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+    return f"{seconds // 60}m{seconds % 60:02d}s"

@@ -1,0 +1,175 @@
+"""The recordings store: where segments live and the index of what exists.
+
+Layout, for a camera `ID` and a segment opened at 2026-11-29 09:01:00 UTC:
+
+    ROOT/ID/2026/11/29/20261129T090100Z.ts    the segment (MPEG-TS)
+    ROOT/ID/2026/11/29/index.csv              one line per finished segment
+
+An index line is `start,end,bytes,name,flags`: start and end in seconds since
+the epoch (UTC, millisecond precision), the segment's size, its file name in
+the same directory, and flags (`recovered` for a segment cut short by a crash
+and measured afterwards). A segment is in the index of the day directory it
+was written to. Lines are appended, never rewritten, so a crash leaves at
+worst a last line without its newline, which readers skip; playback and
+retention read the index and never probe files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+INDEX_NAME = "index.csv"
+SEGMENT_SUFFIX = ".ts"
+# strftime pattern of a segment's file name (ffmpeg expands it, in UTC).
+SEGMENT_STRFTIME = "%Y%m%dT%H%M%SZ"
+_SEGMENT_RE = re.compile(r"^(\d{8}T\d{6}Z)\.ts$")
+CAMERA_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
+
+
+class StoreError(ValueError):
+    """A request the store cannot honour; the message says why."""
+
+
+@dataclass(frozen=True, order=True)
+class Segment:
+    start: float
+    end: float
+    size: int
+    name: str
+    flags: str = ""
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start
+
+    def line(self) -> str:
+        return f"{self.start:.3f},{self.end:.3f},{self.size},{self.name},{self.flags}\n"
+
+    @classmethod
+    def parse(cls, line: str) -> Segment | None:
+        """A segment from an index line; None for a torn or foreign line."""
+        if not line.endswith("\n"):
+            return None
+        parts = line.rstrip("\n").split(",")
+        if len(parts) != 5 or not _SEGMENT_RE.match(parts[3]):
+            return None
+        try:
+            start, end, size = float(parts[0]), float(parts[1]), int(parts[2])
+        except ValueError:
+            return None
+        if end < start or size < 0:
+            return None
+        return cls(start, end, size, parts[3], parts[4])
+
+
+def utc(ts: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC)
+
+
+def segment_time(name: str) -> float | None:
+    """The wall-clock second a segment's file name records, or None."""
+    match = _SEGMENT_RE.match(name)
+    if not match:
+        return None
+    return dt.datetime.strptime(match.group(1), SEGMENT_STRFTIME).replace(tzinfo=dt.UTC).timestamp()
+
+
+def check_camera_id(camera: str) -> str:
+    if not CAMERA_ID_RE.match(camera):
+        raise StoreError(f"{camera!r} is not a camera id (1-64 of a-z, 0-9, '-', '_')")
+    return camera
+
+
+class Store:
+    """The recordings of every camera under one root directory."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def camera_dir(self, camera: str) -> Path:
+        return self.root / check_camera_id(camera)
+
+    def day_dir(self, camera: str, day: dt.date) -> Path:
+        return self.camera_dir(camera) / f"{day.year:04d}" / f"{day.month:02d}" / f"{day.day:02d}"
+
+    def segment_pattern(self, camera: str) -> str:
+        """The strftime pattern ffmpeg writes segments to."""
+        return str(self.camera_dir(camera) / "%Y" / "%m" / "%d" / f"{SEGMENT_STRFTIME}{SEGMENT_SUFFIX}")
+
+    def ensure_days(self, camera: str, now: float, ahead: int = 1) -> None:
+        """Create today's directory and the next ones (ffmpeg does not create directories)."""
+        today = utc(now).date()
+        for offset in range(ahead + 1):
+            self.day_dir(camera, today + dt.timedelta(days=offset)).mkdir(parents=True, exist_ok=True, mode=0o750)
+
+    def days(self, camera: str) -> list[dt.date]:
+        """The days that have a directory, oldest first (three small listdirs, no stat of segments)."""
+        found = []
+        base = self.camera_dir(camera)
+        for year in _numeric_entries(base, 4):
+            for month in _numeric_entries(base / year, 2):
+                for day in _numeric_entries(base / year / month, 2):
+                    with contextlib.suppress(ValueError):
+                        found.append(dt.date(int(year), int(month), int(day)))
+        return sorted(found)
+
+    def append(self, camera: str, day: dt.date, segment: Segment) -> None:
+        """Add a finished segment to its day's index (one write, then fsync)."""
+        path = self.day_dir(camera, day) / INDEX_NAME
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            os.write(fd, segment.line().encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def index(self, camera: str, day: dt.date) -> list[Segment]:
+        """The segments of one day, in index order (torn lines skipped)."""
+        path = self.day_dir(camera, day) / INDEX_NAME
+        try:
+            with path.open(encoding="ascii", errors="replace", newline="") as handle:
+                return [seg for line in handle if (seg := Segment.parse(line)) is not None]
+        except FileNotFoundError:
+            return []
+
+    def segments(self, camera: str, start: float, end: float) -> Iterator[tuple[dt.date, Segment]]:
+        """Segments overlapping [start, end), in time order, reading only the indexes of those days."""
+        first, last = utc(start).date() - dt.timedelta(days=1), utc(end).date()
+        for day in self.days(camera):
+            if first <= day <= last:
+                for segment in sorted(self.index(camera, day)):
+                    if segment.end > start and segment.start < end:
+                        yield day, segment
+
+    def unindexed(self, camera: str, day: dt.date) -> list[str]:
+        """Segment files of a day that its index does not list (a crash's partial segment)."""
+        directory = self.day_dir(camera, day)
+        try:
+            names = {n for n in os.listdir(directory) if _SEGMENT_RE.match(n)}
+        except FileNotFoundError:
+            return []
+        return sorted(names - {segment.name for segment in self.index(camera, day)})
+
+
+def spans(segments: list[Segment], tolerance: float) -> list[tuple[float, float]]:
+    """Merge segments into continuous spans; a hole longer than `tolerance` seconds splits them."""
+    merged: list[list[float]] = []
+    for segment in sorted(segments):
+        if merged and segment.start - merged[-1][1] <= tolerance:
+            merged[-1][1] = max(merged[-1][1], segment.end)
+        else:
+            merged.append([segment.start, segment.end])
+    return [(a, b) for a, b in merged]
+
+
+def _numeric_entries(path: Path, width: int) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(path) if len(n) == width and n.isdigit())
+    except (FileNotFoundError, NotADirectoryError):
+        return []

@@ -34,9 +34,9 @@ from halfbridge.store import Segment, Store, segment_time, utc
 log = logging.getLogger("halfbridge.recorder")
 
 _PR_SET_PDEATHSIG = 1
-# Progress reports (one every 2 s) whose smallest "wall clock minus muxed time" anchors a run.
+# Progress reports (one every 2 s) whose smallest "wall clock minus muxed time" anchors a
+# run. The anchor is then frozen: every segment of a run is placed with the same one.
 _ANCHOR_SAMPLES = 3
-_ANCHOR_SAMPLES_MAX = 10
 
 
 @dataclass
@@ -245,7 +245,7 @@ class Recorder:
                 run.last_out_us = out_us
                 if run.anchor is None or (seen - run.anchor) - out_us / 1e6 < self.config.watchdog_seconds:
                     run.last_growth = seen
-            if out_us > 0 and run.anchor_samples < _ANCHOR_SAMPLES_MAX:
+            if out_us > 0 and run.anchor_samples < _ANCHOR_SAMPLES:
                 # A packet muxed at relative time t was written at or before `seen`:
                 # the smallest (seen - t) over the first reports is the best anchor.
                 estimate = seen - out_us / 1e6

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from halfbridge.store import Store, segment_time, spans
+from tests.support.waiting import wait_for
 
 FRAME = 1 / 25  # the simulated cameras run at 25 fps
 SEGMENT_SECONDS = 4
@@ -72,13 +73,7 @@ class RecorderProcess:
             return {}
 
     def wait_for(self, predicate, timeout: float, what: str):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.2)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}; log:\n{self.log.read_text()[-3000:]}")
+        return wait_for(predicate, timeout, what, 0.2, lambda: f"; log:\n{self.log.read_text()[-3000:]}")
 
     def path(self, segment) -> Path:
         day = time.gmtime(segment_time(segment.name))

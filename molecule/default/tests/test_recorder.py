@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.support.inventory import host_var
+from tests.support.waiting import wait_for
 
 STORE = "/srv/halfbridge/recordings"
 STATE = "/var/lib/halfbridge/recorder"
@@ -42,16 +43,6 @@ def packets(gw, path: str) -> list[tuple[float, float]]:
 def status(gw, camera: str) -> dict:
     result = gw.run(f"cat {STATE}/{camera}.status.json")
     return json.loads(result.stdout) if result.rc == 0 else {}
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def spans(rows: list[dict], tolerance: float) -> list[list[float]]:

@@ -44,3 +44,54 @@ def recorder_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _logging(args.verbose)
     return Recorder(RecorderConfig.load(args.config)).serve()
+
+
+def _date(text: str):
+    import datetime as dt
+
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ)") from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def audit_main(argv: list[str] | None = None) -> int:
+    """halfbridge-audit: verify the audit log's chain, or query it (by event, field, date), as text or CSV."""
+    from halfbridge import audit
+
+    parser = argparse.ArgumentParser(prog="halfbridge-audit", description=audit_main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("verify", help="check that no entry was removed, edited or cut off")
+    check.add_argument("files", nargs="+", help="log files, oldest first (rotated files, then the current one)")
+    ask = sub.add_parser("query", help="list entries, e.g. --event auth --field agent=... --since 2026-11-01")
+    ask.add_argument("files", nargs="+", help="log files, oldest first")
+    ask.add_argument("--event", help="event name or prefix (auth, flow, retention, incident...)")
+    ask.add_argument("--since", type=_date, help="from this date or time (UTC)")
+    ask.add_argument("--until", type=_date, help="before this date or time (UTC)")
+    ask.add_argument("--result-field", "--field", action="append", default=[], metavar="NAME=VALUE")
+    ask.add_argument("--csv", action="store_true", help="CSV for an auditor instead of JSON lines")
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        if args.command == "verify":
+            head = f"{args.files[-1]}.head"
+            verdict = audit.verify(args.files, head)
+            for problem in verdict.problems:
+                print(problem)
+            state = "chain intact" if verdict.ok else f"{len(verdict.problems)} problem(s)"
+            print(f"{verdict.entries} entries, {state}")
+            return 0 if verdict.ok else 1
+        match = dict(item.partition("=")[::2] for item in args.result_field)
+        found = audit.query(args.files, args.event, args.since, args.until, match)
+        if args.csv:
+            sys.stdout.write(audit.to_csv(found))
+        else:
+            for entry in found:
+                print(json.dumps(entry, ensure_ascii=False))
+        return 0
+    except FileNotFoundError as exc:
+        print(f"halfbridge-audit: {exc.filename}: no such file", file=sys.stderr)
+        return 2

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from halfbridge import media
+from halfbridge.audit import AuditError, AuditLog
 from halfbridge.store import Segment, Store, segment_time, utc
 
 log = logging.getLogger("halfbridge.recorder")
@@ -54,6 +55,7 @@ class RecorderConfig:
     stable_seconds: float = 60.0
     still_down_log_seconds: float = 600.0
     keep_audio: bool | None = None  # None: decided by probing the camera
+    audit_log: Path | None = None  # where outages and recoveries are recorded for auditors
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RecorderConfig:
@@ -70,6 +72,8 @@ class RecorderConfig:
         if unknown:
             raise SystemExit(f"halfbridge-recorder: {path} has unknown keys {', '.join(unknown)}")
         raw["store_root"], raw["state_dir"] = Path(raw["store_root"]), Path(raw["state_dir"])
+        if raw.get("audit_log"):
+            raw["audit_log"] = Path(raw["audit_log"])
         config = cls(**raw)
         if config.segment_seconds < 2 or config.watchdog_seconds <= 0 or config.backoff_cap < config.backoff_initial:
             raise SystemExit(
@@ -132,6 +136,7 @@ class Recorder:
         self.days_ensured = float("-inf")
         self.last_down_log = 0.0
         self.keep_audio = config.keep_audio
+        self.audit = AuditLog(config.audit_log) if config.audit_log else None
         self.audio_note = "unknown" if config.keep_audio is None else ("kept" if config.keep_audio else "not recorded")
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.status_path = config.state_dir / f"{config.camera}.status.json"
@@ -335,6 +340,7 @@ class Recorder:
                 _duration(now - (self.down_since or now)),
                 self.backoff.failures,
             )
+            self.record("recorder.up", down_since=_iso(self.down_since), attempts=self.backoff.failures)
         elif self.state == "starting":
             log.info("camera %s: recording", self.config.camera)
         self.state, self.down_since, self.last_error = "recording", None, ""
@@ -351,6 +357,7 @@ class Recorder:
                 reason,
                 delay,
             )
+            self.record("recorder.down", since=_iso(now), reason=reason)
         elif now - self.last_down_log >= self.config.still_down_log_seconds:
             self.last_down_log = now
             log.warning(
@@ -361,6 +368,16 @@ class Recorder:
                 reason,
             )
         self.write_status()
+
+    def record(self, event: str, **fields) -> None:
+        """An outage or a recovery, in the audit log: a gap in the recordings has a reason on file."""
+        if self.audit is None:
+            return
+        try:
+            self.audit.append(event, camera=self.config.camera, **fields)
+        except AuditError as exc:
+            # Recording goes on: losing images would be worse than a missing audit line.
+            log.error("camera %s: %s; %s not recorded in the audit log", self.config.camera, exc, event)
 
     def write_status(self) -> None:
         status = {

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from halfbridge.audit import query, verify
 from halfbridge.store import Store, segment_time, spans
 from tests.support.waiting import wait_for
 
@@ -41,6 +42,7 @@ class RecorderProcess:
             "backoff_initial": 0.5,
             "backoff_cap": 2,
             "stable_seconds": 5,
+            "audit_log": str(tmp_path / "audit.log"),
             **overrides,
         }
         self.config.write_text(json.dumps(settings))
@@ -152,6 +154,11 @@ def test_a_camera_outage_is_a_gap_in_the_index_and_recording_resumes(recorder, c
     log = recorder.log.read_text()
     assert log.count("down since") == 1, log
     assert "recording again after" in log
+    # The gap has its reason on file for an auditor, in a chain that verifies.
+    audit_log = recorder.store_root.parent / "audit.log"
+    events = [(e["event"], e["camera"]) for e in query([audit_log], event="recorder")]
+    assert events == [("recorder.down", camera.id), ("recorder.up", camera.id)]
+    assert verify([audit_log], f"{audit_log}.head").ok
 
 
 def test_a_killed_recorder_loses_at_most_the_segment_in_flight(recorder):

@@ -17,6 +17,7 @@ from tests.support.waiting import wait_for
 
 STORE = "/srv/halfbridge/recordings"
 STATE = "/var/lib/halfbridge/recorder"
+AUDIT = "/var/log/halfbridge/audit.log"
 
 
 def index(gw, camera: str) -> list[dict]:
@@ -129,6 +130,14 @@ def test_an_outage_is_an_exact_gap_and_only_that_camera_loses_anything(recorded,
     log = gw.check_output(f"journalctl -u halfbridge-recorder@{down} --since @{int(cut) - 1} -o cat")
     assert log.count("down since") == 1, log
     assert "recording again after" in log
+    audit_cli = "/opt/halfbridge/venv/bin/halfbridge-audit"
+    audit = gw.check_output(f"{audit_cli} query {AUDIT} --event recorder --field camera={down}")
+    events = [json.loads(line) for line in audit.splitlines()]
+    assert [e["event"] for e in events if e["time"] >= time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(cut - 2))] == [
+        "recorder.down",
+        "recorder.up",
+    ]
+    assert gw.run(f"{audit_cli} verify {AUDIT}").rc == 0
 
 
 def test_a_killed_recorder_loses_at_most_its_segment_in_flight(recorded, cameras, frame):

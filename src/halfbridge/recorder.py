@@ -266,11 +266,14 @@ class Recorder:
 
     def index_finished(self, run: Run) -> None:
         try:
+            if run.list_path.stat().st_size <= run.list_offset:
+                return  # nothing new: one stat a second, no read, no write
             with run.list_path.open("rb") as handle:
                 handle.seek(run.list_offset)
                 data = handle.read()
         except FileNotFoundError:
             return
+        indexed = False
         for raw in data.splitlines(keepends=True):
             if not raw.endswith(b"\n"):
                 break  # ffmpeg is still writing this line
@@ -281,7 +284,12 @@ class Recorder:
             self.index_segment(name, run.anchor + rel_start, run.anchor + rel_end)
             run.last_end = run.anchor + rel_end
             run.segments += 1
-        self.run_path.write_text(json.dumps({"started": run.started, "anchor": run.anchor, "last_end": run.last_end}))
+            indexed = True
+        if indexed:
+            # Where the next segment starts, for the recovery after a crash.
+            self.run_path.write_text(
+                json.dumps({"started": run.started, "anchor": run.anchor, "last_end": run.last_end})
+            )
 
     def index_segment(self, name: str, start: float, end: float, flags: str = "") -> None:
         day_time = segment_time(name)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from halfbridge import media
 from halfbridge.audit import AuditError, AuditLog
-from halfbridge.store import Segment, Store, segment_time, utc
+from halfbridge.store import Segment, Store, segment_day, segment_time, utc
 
 log = logging.getLogger("halfbridge.recorder")
 
@@ -158,7 +158,9 @@ class Recorder:
             # segment waits at most that long for its index line.
             settling = self.run is not None and self.run.anchor_samples < _ANCHOR_SAMPLES
             self.sleep(0.05 if settling else 1.0)
-        self.stop_run("the recorder is stopping")
+        if self.run is not None:
+            self.stop_run("the recorder is stopping")
+            self.run_ended(self.clock(), "the recorder is stopping")
         self.write_status()
         return 0
 
@@ -292,12 +294,11 @@ class Recorder:
             )
 
     def index_segment(self, name: str, start: float, end: float, flags: str = "") -> None:
-        day_time = segment_time(name)
-        if day_time is None:
+        day = segment_day(name)
+        if day is None:
             log.warning("camera %s: ffmpeg wrote an unexpected segment name %r; not indexed", self.config.camera, name)
             return
-        day = utc(day_time).date()
-        path = self.store.day_dir(self.config.camera, day) / name
+        path = self.store.segment_path(self.config.camera, name)
         try:
             size = path.stat().st_size
         except FileNotFoundError:
@@ -306,9 +307,8 @@ class Recorder:
         self.store.append(self.config.camera, day, Segment(round(start, 3), round(end, 3), size, name, flags))
 
     def stop_run(self, why: str) -> None:
+        """Stop ffmpeg; `run_ended` then indexes what it finished."""
         run = self.run
-        if run is None:
-            return
         if run.process.poll() is None:
             run.process.send_signal(signal.SIGINT)  # ffmpeg finishes the segment and its list entry
             try:
@@ -316,8 +316,6 @@ class Recorder:
             except subprocess.TimeoutExpired:
                 run.process.kill()
                 run.process.wait(timeout=5)
-        if run.anchor is not None:
-            self.index_finished(run)
         log.debug("camera %s: ffmpeg stopped: %s", self.config.camera, why)
 
     def run_ended(self, now: float, why: str) -> None:
@@ -490,7 +488,7 @@ def _die_with_parent() -> None:
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else utc(ts).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+    return None if ts is None else utc(ts).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _duration(seconds: float) -> str:

@@ -80,6 +80,12 @@ def segment_time(name: str) -> float | None:
     return dt.datetime.strptime(match.group(1), SEGMENT_STRFTIME).replace(tzinfo=dt.UTC).timestamp()
 
 
+def segment_day(name: str) -> dt.date | None:
+    """The UTC day a segment belongs to (its directory, and the index that lists it), or None."""
+    opened = segment_time(name)
+    return None if opened is None else utc(opened).date()
+
+
 def check_camera_id(camera: str) -> str:
     if not CAMERA_ID_RE.match(camera):
         raise StoreError(f"{camera!r} is not a camera id (1-64 of a-z, 0-9, '-', '_')")
@@ -97,6 +103,13 @@ class Store:
 
     def day_dir(self, camera: str, day: dt.date) -> Path:
         return self.camera_dir(camera) / f"{day.year:04d}" / f"{day.month:02d}" / f"{day.day:02d}"
+
+    def segment_path(self, camera: str, name: str) -> Path:
+        """Where a segment named by ffmpeg lives."""
+        day = segment_day(name)
+        if day is None:
+            raise StoreError(f"{name!r} is not a segment name")
+        return self.day_dir(camera, day) / name
 
     def segment_pattern(self, camera: str) -> str:
         """The strftime pattern ffmpeg writes segments to."""

@@ -78,14 +78,7 @@ class RecorderProcess:
         return wait_for(predicate, timeout, what, 0.2, lambda: f"; log:\n{self.log.read_text()[-3000:]}")
 
     def path(self, segment) -> Path:
-        day = time.gmtime(segment_time(segment.name))
-        return (
-            self.store.camera_dir(self.camera.id)
-            / f"{day.tm_year:04d}"
-            / f"{day.tm_mon:02d}"
-            / (f"{day.tm_mday:02d}")
-            / segment.name
-        )
+        return self.store.segment_path(self.camera.id, segment.name)
 
 
 @pytest.fixture

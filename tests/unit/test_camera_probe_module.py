@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 
 import pytest
 from ansible.module_utils.common import warnings
 from ansible.module_utils.testing import patch_module_args
 
 from tests.support.inventory import ROOT
+from tests.support.media import make_clip
 
 spec = importlib.util.spec_from_file_location(
     "halfbridge_camera_probe", ROOT / "plugins" / "modules" / "halfbridge_camera_probe.py"
@@ -34,13 +34,7 @@ def run(args: dict, capsys) -> dict:
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("probe") / "camera.ts"
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=640x360:rate=25", "-t", "6",
-         "-c:v", "libx264", "-g", "50", "-keyint_min", "50", "-sc_threshold", "0", "-f", "mpegts", str(path)],
-        check=True, timeout=60,
-    )  # fmt: skip
-    return str(path)
+    return make_clip(tmp_path_factory.mktemp("probe") / "camera.ts", size="640x360", seconds=6, gop=50)
 
 
 def test_a_reachable_camera_reports_its_stream(clip, capsys):

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from halfbridge.cli import probe_main
 from halfbridge.media import ProbeError, probe_video, redact
+from tests.support.media import make_clip
 
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("media") / "clip.ts"
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=320x180:rate=25", "-t", "1",
-         "-c:v", "libx264", "-g", "25", "-f", "mpegts", str(path)],
-        check=True,
-        timeout=60,
-    )  # fmt: skip
-    return str(path)
+    return make_clip(tmp_path_factory.mktemp("media") / "clip.ts")
 
 
 def test_probe_reads_codec_size_and_rate(clip):
@@ -52,13 +44,7 @@ def test_cli_prints_json(clip, capsys):
 
 @pytest.fixture(scope="module")
 def clip_with_alaw(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("media") / "alaw.mkv"
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=320x180:rate=25", "-f", "lavfi",
-         "-i", "sine=frequency=440:sample_rate=8000", "-t", "1", "-c:v", "libx264", "-c:a", "pcm_alaw", str(path)],
-        check=True, timeout=60,
-    )  # fmt: skip
-    return str(path)
+    return make_clip(tmp_path_factory.mktemp("media") / "alaw.mkv", audio_codec="pcm_alaw")
 
 
 def test_audio_that_mpegts_cannot_carry_is_dropped_with_a_log_line(clip_with_alaw, tmp_path, caplog):

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from halfbridge.store import Segment, Store, spans
 from tests.support.inventory import host_var
 from tests.support.waiting import wait_for
 
@@ -20,18 +21,14 @@ STATE = "/var/lib/halfbridge/recorder"
 AUDIT = "/var/log/halfbridge/audit.log"
 
 
-def index(gw, camera: str) -> list[dict]:
-    """Every indexed segment of a camera, in time order, with its file's path."""
-    script = 'for f; do sed "s|$|,${f%/index.csv}|" "$f"; done'
-    out = gw.check_output(f"find {STORE}/{camera} -name index.csv -exec sh -c '{script}' _ {{}} +")
-    rows = []
-    for line in out.splitlines():
-        start, end, size, name, flags, directory = line.split(",")
-        rows.append(
-            {"start": float(start), "end": float(end), "size": int(size), "name": name, "flags": flags,
-             "path": f"{directory}/{name}"}
-        )  # fmt: skip
-    return sorted(rows, key=lambda r: r["start"])
+def index(gw, camera: str) -> list[Segment]:
+    """Every indexed segment of a camera, in time order, read as the store reads its indexes."""
+    out = gw.check_output(f"find {STORE}/{camera} -name index.csv -exec cat {{}} +")
+    return sorted(seg for line in out.splitlines(keepends=True) if (seg := Segment.parse(line)) is not None)
+
+
+def path(camera: str, segment: Segment) -> str:
+    return str(Store(STORE).segment_path(camera, segment.name))
 
 
 def packets(gw, path: str) -> list[tuple[float, float]]:
@@ -44,16 +41,6 @@ def packets(gw, path: str) -> list[tuple[float, float]]:
 def status(gw, camera: str) -> dict:
     result = gw.run(f"cat {STATE}/{camera}.status.json")
     return json.loads(result.stdout) if result.rc == 0 else {}
-
-
-def spans(rows: list[dict], tolerance: float) -> list[list[float]]:
-    merged: list[list[float]] = []
-    for row in rows:
-        if merged and row["start"] - merged[-1][1] <= tolerance:
-            merged[-1][1] = max(merged[-1][1], row["end"])
-        else:
-            merged.append([row["start"], row["end"]])
-    return merged
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +60,12 @@ def recorded(lab_host, cameras):
 def test_every_camera_is_recorded_without_holes(recorded, cameras, frame):
     gw = recorded
     for camera in cameras:
-        rows = [r for r in index(gw, camera["id"]) if r["flags"] == ""][-3:]
+        rows = [r for r in index(gw, camera["id"]) if r.flags == ""][-3:]
         for before, after in itertools.pairwise(rows):
-            assert abs(after["start"] - before["end"]) < 0.002, (camera["id"], before["name"], after["name"])
-            last_pts, last_duration = packets(gw, before["path"])[-1]
-            first_pts = packets(gw, after["path"])[0][0]
-            assert abs(first_pts - (last_pts + last_duration)) <= frame + 1e-3, (before["name"], after["name"])
+            assert abs(after.start - before.end) < 0.002, (camera["id"], before.name, after.name)
+            last_pts, last_duration = packets(gw, path(camera["id"], before))[-1]
+            first_pts = packets(gw, path(camera["id"], after))[0][0]
+            assert abs(first_pts - (last_pts + last_duration)) <= frame + 1e-3, (before.name, after.name)
         assert status(gw, camera["id"])["state"] == "recording"
 
 
@@ -87,11 +74,11 @@ def test_every_segment_decodes_and_the_index_agrees_with_the_files(recorded, cam
     for camera in cameras:
         on_disk = set(gw.check_output(f"find {STORE}/{camera['id']} -name '*.ts' -printf '%f\\n'").split())
         rows = index(gw, camera["id"])
-        unindexed = on_disk - {r["name"] for r in rows}
+        unindexed = on_disk - {r.name for r in rows}
         assert len(unindexed) <= 1, f"{camera['id']}: only the segment being written may be unindexed: {unindexed}"
         for row in rows[-6:]:
-            assert gw.file(row["path"]).size == row["size"], row
-            assert len(packets(gw, row["path"])) > 0, row
+            assert gw.file(path(camera["id"], row)).size == row.size, row
+            assert len(packets(gw, path(camera["id"], row))) > 0, row
 
 
 def test_the_recorder_is_confined_by_systemd(recorded, cameras):
@@ -118,14 +105,14 @@ def test_an_outage_is_an_exact_gap_and_only_that_camera_loses_anything(recorded,
     time.sleep(max(0.0, 30 - (time.time() - cut)))
     back = float(cams.check_output(f"systemctl start halfbridge-camsim@{down} && date +%s.%N"))
     wait_for(lambda: status(gw, down).get("state") == "recording", cap + 15, f"{down} recording again")
-    wait_for(lambda: index(gw, down)[-1]["start"] > back, 60, f"a segment of {down} after the outage")
+    wait_for(lambda: index(gw, down)[-1].start > back, 60, f"a segment of {down} after the outage")
     gaps = [(a[1], b[0]) for a, b in itertools.pairwise(spans(index(gw, down), tolerance=2 * frame)) if b[0] > cut - 60]
     assert len(gaps) == 1, f"{down}: expected exactly one gap, got {gaps}"
     gap_start, gap_end = gaps[0]
     assert cut - 1.5 <= gap_start <= cut + 0.5, "the gap starts when the camera went down"
     assert back - 0.5 <= gap_end <= back + cap + 6, "recording resumed within the back-off cap"
     for camera in others:
-        window = [r for r in index(gw, camera) if r["end"] > cut - 10 and r["start"] < back + 10]
+        window = [r for r in index(gw, camera) if r.end > cut - 10 and r.start < back + 10]
         assert len(spans(window, tolerance=2 * frame)) == 1, f"{camera} lost something during the outage"
     log = gw.check_output(f"journalctl -u halfbridge-recorder@{down} --since @{int(cut) - 1} -o cat")
     assert log.count("down since") == 1, log
@@ -145,15 +132,15 @@ def test_a_killed_recorder_loses_at_most_its_segment_in_flight(recorded, cameras
     camera = cameras[2]["id"]
     segment = host_var("gw", "recorder_segment_seconds")
     # Kill it mid-segment: a few seconds after the last cut, well before the next one.
-    wait_for(lambda: 3 < time.time() - index(gw, camera)[-1]["end"] < segment - 3, 60, "the middle of a segment")
+    wait_for(lambda: 3 < time.time() - index(gw, camera)[-1].end < segment - 3, 60, "the middle of a segment")
     before = index(gw, camera)
     gw.check_output(f"systemctl kill --signal=KILL halfbridge-recorder@{camera}")
     killed = time.time()
-    wait_for(lambda: index(gw, camera) and index(gw, camera)[-1]["start"] > killed, 60, "recording after the crash")
+    wait_for(lambda: index(gw, camera) and index(gw, camera)[-1].start > killed, 60, "recording after the crash")
     after = index(gw, camera)
     assert before == after[: len(before)], "a segment indexed before the crash was lost or changed"
     new = after[len(before) :]
-    assert new[0]["flags"] == "recovered", "the segment in flight is measured and indexed after the crash"
-    assert abs(new[0]["start"] - before[-1]["end"]) < 0.002
+    assert new[0].flags == "recovered", "the segment in flight is measured and indexed after the crash"
+    assert abs(new[0].start - before[-1].end) < 0.002
     gaps = [(a[1], b[0]) for a, b in itertools.pairwise(spans(after, tolerance=2 * frame)) if b[0] > killed - 30]
     assert len(gaps) == 1 and gaps[0][1] - gaps[0][0] < 10, f"only the restart is missing: {gaps}"

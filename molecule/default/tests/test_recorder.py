@@ -23,8 +23,10 @@ AUDIT = "/var/log/halfbridge/audit.log"
 
 def index(gw, camera: str) -> list[Segment]:
     """Every indexed segment of a camera, in time order, read as the store reads its indexes."""
-    out = gw.check_output(f"find {STORE}/{camera} -name index.csv -exec cat {{}} +")
-    return sorted(seg for line in out.splitlines(keepends=True) if (seg := Segment.parse(line)) is not None)
+    # run(), not check_output(): the latter strips the last newline, and a line without one is torn.
+    result = gw.run(f"find {STORE}/{camera} -name index.csv -exec cat {{}} +")
+    assert result.rc == 0, result.stderr
+    return sorted(seg for line in result.stdout.splitlines(keepends=True) if (seg := Segment.parse(line)) is not None)
 
 
 def path(camera: str, segment: Segment) -> str:

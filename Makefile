@@ -70,9 +70,17 @@ pytest: deps
 	pytest -q tests
 
 molecule: deps
+	@mkdir -p .cache/molecule
 	@for s in $(or $(SCENARIO),$(SCENARIOS)); do \
 	  echo "=== molecule scenario $$s"; \
-	  molecule test --scenario-name "$$s"; \
+	  rm -f ".cache/molecule/$$s-verify.log"; \
+	  molecule test --scenario-name "$$s" || { \
+	    status=$$?; \
+	    if [ -s ".cache/molecule/$$s-verify.log" ]; then \
+	      echo "=== molecule scenario $$s failed; the end of its verify report:"; \
+	      tail -n 60 ".cache/molecule/$$s-verify.log"; \
+	    fi; \
+	    exit $$status; }; \
 	done
 
 test: lint pytest molecule

@@ -20,6 +20,7 @@ import contextlib
 import csv
 import datetime as dt
 import fcntl
+import gzip
 import hashlib
 import io
 import json
@@ -126,7 +127,9 @@ class Verdict:
 def read(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, int, dict | None]]:
     """Every line of the given files, in order: (file, line number, entry or None if unreadable)."""
     for path in paths:
-        with Path(path).open("rb") as handle:
+        # logrotate compresses the older files; they are read as they are.
+        opener = gzip.open if str(path).endswith(".gz") else open
+        with opener(path, "rb") as handle:
             for number, raw in enumerate(handle, 1):
                 try:
                     entry = json.loads(raw)

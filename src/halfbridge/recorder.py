@@ -30,6 +30,7 @@ from pathlib import Path
 
 from halfbridge import media
 from halfbridge.audit import AuditError, AuditLog
+from halfbridge.config import ConfigError, read_json
 from halfbridge.store import Segment, Store, segment_day, segment_time, utc
 
 log = logging.getLogger("halfbridge.recorder")
@@ -61,19 +62,14 @@ class RecorderConfig:
     def load(cls, path: str | os.PathLike) -> RecorderConfig:
         """Read a camera's JSON configuration; a missing key or a bad value is a sentence."""
         try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise SystemExit(f"halfbridge-recorder: cannot read {path}: {exc}") from None
-        missing = [k for k in ("camera", "url", "store_root", "state_dir") if not raw.get(k)]
-        if missing:
-            raise SystemExit(f"halfbridge-recorder: {path} lacks {', '.join(missing)}")
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise SystemExit(f"halfbridge-recorder: {path} has unknown keys {', '.join(unknown)}")
-        raw["store_root"], raw["state_dir"] = Path(raw["store_root"]), Path(raw["state_dir"])
-        if raw.get("audit_log"):
-            raw["audit_log"] = Path(raw["audit_log"])
+            raw = read_json(
+                path,
+                known=cls.__dataclass_fields__,
+                required=("camera", "url", "store_root", "state_dir"),
+                paths=("store_root", "state_dir", "audit_log"),
+            )
+        except ConfigError as exc:
+            raise SystemExit(f"halfbridge-recorder: {exc}") from None
         config = cls(**raw)
         if config.segment_seconds < 2 or config.watchdog_seconds <= 0 or config.backoff_cap < config.backoff_initial:
             raise SystemExit(

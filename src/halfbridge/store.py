@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
+import fcntl
 import os
 import re
 from collections.abc import Iterator
@@ -28,8 +30,9 @@ INDEX_NAME = "index.csv"
 SEGMENT_SUFFIX = ".ts"
 # strftime pattern of a segment's file name (ffmpeg expands it, in UTC).
 SEGMENT_STRFTIME = "%Y%m%dT%H%M%SZ"
-_SEGMENT_RE = re.compile(r"^(\d{8}T\d{6}Z)\.ts$")
+SEGMENT_RE = re.compile(r"^(\d{8}T\d{6}Z)\.ts$")
 CAMERA_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
+_LOCK_ATTEMPTS = 100
 
 
 class StoreError(ValueError):
@@ -57,7 +60,7 @@ class Segment:
         if not line.endswith("\n"):
             return None
         parts = line.rstrip("\n").split(",")
-        if len(parts) != 5 or not _SEGMENT_RE.match(parts[3]):
+        if len(parts) != 5 or not SEGMENT_RE.match(parts[3]):
             return None
         try:
             start, end, size = float(parts[0]), float(parts[1]), int(parts[2])
@@ -74,7 +77,7 @@ def utc(ts: float) -> dt.datetime:
 
 def segment_time(name: str) -> float | None:
     """The wall-clock second a segment's file name records, or None."""
-    match = _SEGMENT_RE.match(name)
+    match = SEGMENT_RE.match(name)
     if not match:
         return None
     return dt.datetime.strptime(match.group(1), SEGMENT_STRFTIME).replace(tzinfo=dt.UTC).timestamp()
@@ -121,6 +124,13 @@ class Store:
         for offset in range(ahead + 1):
             self.day_dir(camera, today + dt.timedelta(days=offset)).mkdir(parents=True, exist_ok=True, mode=0o750)
 
+    def cameras(self) -> list[str]:
+        """Every camera that has recordings, in or out of the referential (one listdir)."""
+        try:
+            return sorted(n for n in os.listdir(self.root) if CAMERA_ID_RE.match(n) and (self.root / n).is_dir())
+        except FileNotFoundError:
+            return []
+
     def days(self, camera: str) -> list[dt.date]:
         """The days that have a directory, oldest first (three small listdirs, no stat of segments)."""
         found = []
@@ -134,13 +144,63 @@ class Store:
 
     def append(self, camera: str, day: dt.date, segment: Segment) -> None:
         """Add a finished segment to its day's index (one write, then fsync)."""
-        path = self.day_dir(camera, day) / INDEX_NAME
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        try:
+        with self.locked_index(camera, day) as fd:
             os.write(fd, segment.line().encode("ascii"))
             os.fsync(fd)
-        finally:
+
+    @contextlib.contextmanager
+    def locked_index(self, camera: str, day: dt.date) -> Iterator[int]:
+        """An exclusive lock on a day's index, held by the recorder's appends and retention's rewrites.
+
+        Retention replaces an index by renaming a new one over it; a writer that
+        was waiting for the lock then holds the old file, notices, and opens the new one.
+        """
+        path = self.day_dir(camera, day) / INDEX_NAME
+        for _ in range(_LOCK_ATTEMPTS):
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                current = os.fstat(fd).st_ino == path.stat().st_ino
+            except FileNotFoundError:
+                current = False
+            except BaseException:
+                os.close(fd)
+                raise
+            if current:
+                try:
+                    yield fd
+                    if os.fstat(fd).st_size == 0 and os.fstat(fd).st_nlink:
+                        path.unlink(missing_ok=True)  # locking made it: no empty index is left behind
+                finally:
+                    os.close(fd)  # releases the lock
+                return
             os.close(fd)
+        raise StoreError(f"{path} was replaced {_LOCK_ATTEMPTS} times while waiting for its lock")
+
+    def replace_index(self, lock_fd: int, camera: str, day: dt.date, segments: list[Segment]) -> None:
+        """Make a day's index list exactly `segments` (held under `locked_index`, whose fd is given).
+
+        The new index is written beside the old one, flushed, then renamed over it: a
+        crash leaves either index whole. An empty list removes the index.
+        """
+        path = self.day_dir(camera, day) / INDEX_NAME
+        if not segments:
+            path.unlink(missing_ok=True)
+            return
+        tmp = path.with_name(f".{INDEX_NAME}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            data = "".join(segment.line() for segment in segments).encode("ascii")
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, f"short write to {tmp}")
+            os.fsync(fd)
+            os.fchmod(fd, os.fstat(lock_fd).st_mode & 0o777)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(tmp, path)
 
     def index(self, camera: str, day: dt.date) -> list[Segment]:
         """The segments of one day, in index order (torn lines skipped)."""
@@ -164,7 +224,7 @@ class Store:
         """Segment files of a day that its index does not list (a crash's partial segment)."""
         directory = self.day_dir(camera, day)
         try:
-            names = {n for n in os.listdir(directory) if _SEGMENT_RE.match(n)}
+            names = {n for n in os.listdir(directory) if SEGMENT_RE.match(n)}
         except FileNotFoundError:
             return []
         return sorted(names - {segment.name for segment in self.index(camera, day)})

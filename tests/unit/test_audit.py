@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import gzip
 import io
 import json
 import multiprocessing
@@ -75,6 +76,20 @@ def test_the_chain_continues_across_a_rotation(log, tmp_path):
     log.append("retention.destroyed", camera="ver-gare-01", count=1440)
     assert verify([rotated, log.path], log.head).ok
     assert json.loads(lines(log)[0])["seq"] == 5
+
+
+def test_compressed_rotations_are_read_as_they_are(log, tmp_path):
+    """logrotate compresses older files: verify and query read them without unpacking."""
+    rotated = tmp_path / "audit.log.1.gz"
+    rotated.write_bytes(gzip.compress(log.path.read_bytes()))
+    log.path.unlink()
+    log.append("retention.destroyed", camera="ver-gare-01", count=1440)
+    assert verify([rotated, log.path], log.head).ok
+    assert [e["seq"] for e in query([rotated, log.path], event="retention")] == [5]
+    tampered = bytearray(gzip.decompress(rotated.read_bytes()))
+    tampered[tampered.index(b"Jeanne")] = ord("X")
+    rotated.write_bytes(gzip.compress(bytes(tampered)))
+    assert not verify([rotated, log.path], log.head).ok
 
 
 def test_a_damaged_last_line_stops_appends_with_a_sentence(log):

@@ -46,6 +46,55 @@ def recorder_main(argv: list[str] | None = None) -> int:
     return Recorder(RecorderConfig.load(args.config)).serve()
 
 
+def retention_main(argv: list[str] | None = None) -> int:
+    """halfbridge-retention CONFIG: destroy the recordings older than the retention, and register it."""
+    import datetime as dt
+    import logging
+    import time
+
+    from halfbridge.retention import Retention, RetentionConfig, RetentionError
+
+    parser = argparse.ArgumentParser(prog="halfbridge-retention", description=retention_main.__doc__)
+    parser.add_argument("config", help="the JSON configuration (store, retention days, audit log, state directory)")
+    parser.add_argument("--dry-run", action="store_true", help="list what would be destroyed; change nothing")
+    parser.add_argument("--now", type=_date, help="rehearse as if it were this time (UTC); with --dry-run only")
+    parser.add_argument("--verbose", action="store_true", help="also log runs that destroy nothing")
+    args = parser.parse_args(argv)
+    if args.now and not args.dry_run:
+        parser.error("--now rehearses: it needs --dry-run (a real run only ever uses the real time)")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%SZ",
+        stream=sys.stderr,
+    )
+    logging.Formatter.converter = time.gmtime
+    log = logging.getLogger("halfbridge.retention")
+    clock = (lambda: args.now.timestamp()) if args.now else time.time
+    try:
+        retention = Retention(RetentionConfig.load(args.config), clock=clock)
+        report = retention.run(dry_run=args.dry_run)
+    except RetentionError as exc:
+        log.error("%s", exc)
+        return 1
+    cutoff = dt.datetime.fromtimestamp(report.cutoff, dt.UTC).isoformat(timespec="seconds")
+    if args.dry_run:
+        for item in report.destroyed:
+            print(json.dumps({"would_destroy": True, **item.register()}))
+    if report.destroyed or args.dry_run:
+        log.info(
+            "%s %d segment(s), %d bytes, older than %s, in %.2f s",
+            "would destroy" if args.dry_run else "destroyed",
+            report.count,
+            report.bytes,
+            cutoff,
+            report.seconds,
+        )
+    else:
+        log.debug("nothing older than %s (%.2f s)", cutoff, report.seconds)
+    return 0
+
+
 def _date(text: str):
     import datetime as dt
 

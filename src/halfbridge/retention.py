@@ -1,0 +1,547 @@
+"""Retention: nothing older than the retention survives, nothing younger is touched, every destruction is registered.
+
+Article 6 of the convention keeps recordings `retention_days` (10) days; the
+security code (L252-5) forbids keeping them longer. A run (from cron, every few
+minutes) computes the cutoff, `now - retention_days`, and for each camera
+directory of the store destroys every segment whose end is at or before it.
+
+It reads what the layout and the indexes say, never the segments themselves: the
+day directories after the cutoff's day cannot hold anything older, so a run that
+has nothing to do reads one index per camera and lists one directory.
+Only segment files that no index lists (a crash's partial segment, or the one
+being written) are looked at, and they go only when their last write is older
+than the cutoff, so the segment being written always survives.
+
+For each camera and day it destroys anything, in this order:
+
+1. a journal (`.retention-purge.csv`, the index lines of what goes) is written and flushed;
+2. the day's index is replaced by one without those lines (write beside, rename over);
+3. the files are unlinked;
+4. the register entry `retention.destroyed` is appended to the audit log
+   (camera, day, count, bytes, first and last second destroyed);
+5. the journal is removed, then the directory if it is empty.
+
+A run killed anywhere leaves an index that lists only files that exist, and the
+next run finishes the journal it finds before anything else, so every
+destruction is registered exactly once. If the audit log cannot be written the
+run stops there: nothing is destroyed without its register entry on the way.
+
+The disk guard compares the free space with what the store still needs to hold
+its full retention at the bitrate observed over the last hour, plus a margin,
+and says so loudly (an error line every run, metrics) while it is short. It never
+deletes younger recordings: shortening the retention is a person's decision,
+made in the inventory (`shortened_days` with its reason) and logged on every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import fcntl
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from halfbridge.audit import AuditError, AuditLog, query
+from halfbridge.config import ConfigError, read_json
+from halfbridge.media import write_private
+from halfbridge.store import INDEX_NAME, SEGMENT_RE, Segment, Store, segment_time, utc
+
+log = logging.getLogger("halfbridge.retention")
+
+JOURNAL_NAME = ".retention-purge.csv"
+DAY = 86400.0
+# Bytes read from the end of the newest index to measure a camera's bitrate (about 90 lines).
+_RATE_TAIL = 4096
+
+
+class RetentionError(RuntimeError):
+    """A run that had to stop; the message says why and what to do."""
+
+
+@dataclass
+class RetentionConfig:
+    store_root: Path
+    retention_days: int
+    audit_log: Path
+    state_dir: Path
+    # A person's decision to keep fewer days than the convention (a full disk, a court order...).
+    shortened_days: int | None = None
+    shortened_reason: str = ""
+    # The disk guard asks for this many hours of recording free beyond the retention's needs.
+    disk_margin_hours: float = 24.0
+    # The bitrate is measured over the segments of this last stretch of time.
+    rate_window_seconds: float = 3600.0
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RetentionConfig:
+        """Read the JSON configuration; a missing key or a bad value is a sentence."""
+        try:
+            raw = read_json(
+                path,
+                known=cls.__dataclass_fields__,
+                required=("store_root", "retention_days", "audit_log", "state_dir"),
+                paths=("store_root", "audit_log", "state_dir"),
+            )
+        except ConfigError as exc:
+            raise RetentionError(str(exc)) from None
+        config = cls(**raw)
+        config.check(str(path))
+        return config
+
+    def check(self, where: str) -> None:
+        days = self.retention_days
+        if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 30:
+            raise RetentionError(f"{where}: retention_days must be a whole number of days from 1 to 30, not {days!r}")
+        if self.shortened_days is not None:
+            if not isinstance(self.shortened_days, int) or not 1 <= self.shortened_days < days:
+                raise RetentionError(
+                    f"{where}: shortened_days must be a whole number of days from 1 to {days - 1} "
+                    f"(fewer than the convention's {days}), not {self.shortened_days!r}"
+                )
+            if not self.shortened_reason.strip():
+                raise RetentionError(f"{where}: shortened_days needs shortened_reason, the decision it applies")
+
+    @property
+    def days(self) -> int:
+        """The retention applied: the convention's, or the shorter one a person decided."""
+        return self.shortened_days or self.retention_days
+
+
+@dataclass
+class Destruction:
+    """What one camera-day loses in a run (the register entry's figures)."""
+
+    camera: str
+    day: dt.date
+    segments: list[Segment]
+    missing: int = 0  # listed by the index but already gone (finishing an interrupted run)
+
+    @property
+    def count(self) -> int:
+        return len(self.segments)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.size for s in self.segments)
+
+    def register(self) -> dict:
+        entry = {
+            "camera": self.camera,
+            "day": self.day.isoformat(),
+            "count": self.count,
+            "bytes": self.bytes,
+            "first": _iso(min(s.start for s in self.segments)),
+            "last": _iso(max(s.end for s in self.segments)),
+        }
+        unindexed = sum(1 for s in self.segments if s.flags == "unindexed")
+        if unindexed:
+            entry["unindexed"] = unindexed
+        if self.missing:
+            entry["already_missing"] = self.missing
+        return entry
+
+
+@dataclass
+class DiskState:
+    free: int
+    needed: int
+    bytes_per_second: float
+
+    @property
+    def short(self) -> bool:
+        return self.free < self.needed
+
+
+@dataclass
+class Report:
+    cutoff: float
+    destroyed: list[Destruction] = field(default_factory=list)
+    disk: DiskState | None = None
+    seconds: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return sum(d.count for d in self.destroyed)
+
+    @property
+    def bytes(self) -> int:
+        return sum(d.bytes for d in self.destroyed)
+
+
+class Retention:
+    def __init__(self, config: RetentionConfig, clock=time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.store = Store(config.store_root)
+        self.audit = AuditLog(config.audit_log)
+
+    # -- a run -------------------------------------------------------------
+
+    def run(self, dry_run: bool = False) -> Report:
+        """One pass over the store; raises RetentionError if it had to stop."""
+        started = time.monotonic()
+        now = self.clock()
+        days = self.config.days
+        if self.config.shortened_days:
+            log.warning(
+                "retention shortened to %d days (the convention says %d) by decision: %s",
+                days,
+                self.config.retention_days,
+                self.config.shortened_reason,
+            )
+        report = Report(cutoff=now - days * DAY)
+        last_day = utc(report.cutoff).date()  # later days hold nothing that ended before the cutoff
+        with self._lock():
+            held: dict[str, float] = {}
+            for camera in self.store.cameras():
+                oldest = None
+                for day in self.store.days(camera):
+                    if day > last_day and not (self.store.day_dir(camera, day) / JOURNAL_NAME).exists():
+                        oldest = oldest or self._first_start(camera, day)
+                        break
+                    report.destroyed += self.purge_day(camera, day, report.cutoff, dry_run)
+                    oldest = oldest or self._first_start(camera, day)
+                if oldest is not None:
+                    held[camera] = now - oldest
+            report.disk = self.disk_guard(now, held)
+        report.seconds = time.monotonic() - started
+        if not dry_run:
+            self.write_metrics(now, report)
+        return report
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Runs never overlap: a second one started while the first works says so and stops."""
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.config.state_dir / "retention.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                since = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "an unknown time"
+                raise RetentionError(f"another retention run holds {path} (started {since}); this one stops") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{_iso(self.clock())} pid {os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- one camera-day ----------------------------------------------------
+
+    def purge_day(self, camera: str, day: dt.date, cutoff: float, dry_run: bool = False) -> list[Destruction]:
+        """Destroy what of one day ended at or before `cutoff`; the register entries made."""
+        directory = self.store.day_dir(camera, day)
+        done = []
+        journal = directory / JOURNAL_NAME
+        if journal.exists() and not dry_run:
+            purge, segments = _read_journal(journal)
+            if (finished := self._finish(camera, day, purge, segments, resumed=True)) is not None:
+                done.append(finished)
+        if not self._anything_to_do(camera, day, cutoff):
+            if day <= utc(cutoff).date():  # never today's or tomorrow's, made ready by the recorder
+                self._remove_if_empty(camera, day)
+            return done
+        with self.store.locked_index(camera, day) as lock_fd:
+            indexed = self.store.index(camera, day)
+            expired = [s for s in indexed if s.end <= cutoff]
+            expired += self._expired_orphans(directory, {s.name for s in indexed}, cutoff)
+            if not expired:
+                return done
+            if dry_run:
+                return [*done, Destruction(camera, day, expired)]
+            gone = {s.name for s in expired}
+            kept = [s for s in indexed if s.name not in gone]
+            unlinked = False
+            try:
+                purge = self._write_journal(journal, expired)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise RetentionError(
+                        f"cannot write the retention journal {journal}: {exc}; nothing of that day was destroyed"
+                    ) from None
+                # A full disk is when destroying matters most: the files go first, to make room for the
+                # index and the register entry. Only a crash in the next instants could leave an index
+                # listing expired files that are gone (never a younger one), and their entry unwritten.
+                log.error(
+                    "camera %s, %s: the disk is full; destroying %d segment(s) without a journal, files first",
+                    camera,
+                    day,
+                    len(gone),
+                )
+                purge, unlinked = f"nojournal-{secrets.token_hex(8)}", True
+                missing = _unlink(directory, gone)
+            self.store.replace_index(lock_fd, camera, day, kept)
+        if unlinked:
+            done.append(self._register(camera, day, purge, expired, missing=missing, without_journal=True))
+        else:
+            done.append(self._finish(camera, day, purge, expired, resumed=False))
+        return done
+
+    def _anything_to_do(self, camera: str, day: dt.date, cutoff: float) -> bool:
+        """Fast path of a run with nothing to do: the index's smallest end, and a count of files."""
+        directory = self.store.day_dir(camera, day)
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            return False
+        files = sum(1 for n in names if SEGMENT_RE.match(n))
+        lines, earliest = 0, None
+        with contextlib.suppress(FileNotFoundError), (directory / INDEX_NAME).open("rb") as handle:
+            for line in handle:
+                parts = line.split(b",", 2)
+                with contextlib.suppress(IndexError, ValueError):
+                    end = float(parts[1])
+                    lines += 1
+                    earliest = end if earliest is None else min(earliest, end)
+        return files != lines or (earliest is not None and earliest <= cutoff)
+
+    def _expired_orphans(self, directory: Path, indexed: set[str], cutoff: float) -> list[Segment]:
+        """Segment files no index lists whose last write is at or before the cutoff (never the one being written)."""
+        found = []
+        for name in sorted(os.listdir(directory)):
+            if not SEGMENT_RE.match(name) or name in indexed:
+                continue
+            try:
+                info = (directory / name).stat()
+            except FileNotFoundError:
+                continue
+            if info.st_mtime <= cutoff:
+                opened = segment_time(name) or info.st_mtime
+                end = round(max(info.st_mtime, opened), 3)
+                found.append(Segment(round(opened, 3), end, info.st_size, name, "unindexed"))
+        return found
+
+    def _write_journal(self, journal: Path, segments: list[Segment]) -> str:
+        """Write the journal of a destruction; returns its id, which its register entry carries."""
+        purge = secrets.token_hex(8)
+        data = (f"#purge={purge}\n" + "".join(s.line() for s in segments)).encode("ascii")
+        tmp = journal.with_name(journal.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, "short write")
+            os.fsync(fd)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
+        os.replace(tmp, journal)
+        return purge
+
+    def _finish(
+        self, camera: str, day: dt.date, purge: str, segments: list[Segment], resumed: bool
+    ) -> Destruction | None:
+        """Steps 2 to 5 for a journal; None when a killed run had registered it already."""
+        directory = self.store.day_dir(camera, day)
+        gone = {s.name for s in segments}
+        registered = (
+            resumed
+            and self.audit.path.is_file()
+            and any(query([self.audit.path], "retention.destroyed", match={"purge": purge}))
+        )
+        if resumed:
+            log.warning(
+                "camera %s, %s: finishing the destruction of %d segment(s) that a run left", camera, day, len(gone)
+            )
+            with self.store.locked_index(camera, day) as lock_fd:
+                indexed = self.store.index(camera, day)
+                if any(s.name in gone for s in indexed):
+                    self.store.replace_index(lock_fd, camera, day, [s for s in indexed if s.name not in gone])
+        missing = _unlink(directory, gone)
+        if registered:  # killed between its register entry and the journal's removal
+            (directory / JOURNAL_NAME).unlink(missing_ok=True)
+            self._remove_if_empty(camera, day)
+            return None
+        return self._register(camera, day, purge, segments, missing=0 if resumed else missing, resumed=resumed)
+
+    def _register(
+        self,
+        camera: str,
+        day: dt.date,
+        purge: str,
+        segments: list[Segment],
+        missing: int,
+        resumed: bool = False,
+        without_journal: bool = False,
+    ) -> Destruction:
+        """Step 4 and 5: the register entry, then the journal and the emptied directories go."""
+        directory = self.store.day_dir(camera, day)
+        destruction = Destruction(camera, day, segments, missing=missing)
+        if missing:
+            log.warning("camera %s, %s: %d indexed segment(s) were already gone", camera, day, missing)
+        fields = destruction.register()
+        fields["purge"] = purge
+        fields["retention_days"] = self.config.days
+        if self.config.shortened_days:
+            fields["decision"] = self.config.shortened_reason
+        if resumed:
+            fields["resumed"] = True
+        if without_journal:
+            fields["without_journal"] = True
+        try:
+            self.audit.append("retention.destroyed", **fields)
+        except AuditError as exc:
+            if without_journal:
+                raise RetentionError(
+                    f"{exc}; the disk is full and the destruction of {camera} {day} is not registered: "
+                    f"free space and add this entry to the register by hand: {json.dumps(fields)}"
+                ) from None
+            raise RetentionError(
+                f"{exc}; the destruction of {camera} {day} is not registered yet. Its journal "
+                f"{directory / JOURNAL_NAME} stays, and the next run registers it once the log can be written"
+            ) from None
+        (directory / JOURNAL_NAME).unlink(missing_ok=True)
+        self._remove_if_empty(camera, day)
+        log.info(
+            "camera %s, %s: destroyed %d segment(s), %s, from %s to %s",
+            camera,
+            day,
+            destruction.count,
+            _size(destruction.bytes),
+            fields["first"],
+            fields["last"],
+        )
+        return destruction
+
+    def _remove_if_empty(self, camera: str, day: dt.date) -> None:
+        """An emptied day directory goes, then its month and year if they are empty too."""
+        directory = self.store.day_dir(camera, day)
+        for path in (directory, directory.parent, directory.parent.parent):
+            try:
+                path.rmdir()
+            except OSError:
+                return  # not empty (or already gone): the ones above are not empty either
+
+    def _first_start(self, camera: str, day: dt.date) -> float | None:
+        path = self.store.day_dir(camera, day) / INDEX_NAME
+        with contextlib.suppress(FileNotFoundError), path.open(encoding="ascii", errors="replace") as handle:
+            segment = Segment.parse(handle.readline())
+            return segment.start if segment else None
+        return None
+
+    # -- the disk guard ----------------------------------------------------
+
+    def rate(self, camera: str, now: float) -> float:
+        """Bytes per second the camera recorded over the last window (0 if it recorded nothing)."""
+        window_start = now - self.config.rate_window_seconds
+        recent: list[Segment] = []
+        for day in reversed(self.store.days(camera)[-2:]):
+            path = self.store.day_dir(camera, day) / INDEX_NAME
+            with contextlib.suppress(FileNotFoundError), path.open("rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, size - _RATE_TAIL))
+                lines = handle.read().decode("ascii", "replace").splitlines(keepends=True)
+                recent += [s for line in lines[1 if size > _RATE_TAIL else 0 :] if (s := Segment.parse(line))]
+            if recent:
+                break
+        recent = [s for s in recent if s.end > window_start]
+        duration = sum(s.duration for s in recent)
+        return sum(s.size for s in recent) / duration if duration > 0 else 0.0
+
+    def disk_guard(self, now: float, held: dict[str, float]) -> DiskState:
+        """Free space against what the full retention still needs; an error line while it is short."""
+        info = os.statvfs(self.config.store_root)
+        free = info.f_bavail * info.f_frsize
+        retention = self.config.days * DAY
+        margin = self.config.disk_margin_hours * 3600
+        total_rate, needed = 0.0, 0.0
+        for camera, age in held.items():
+            rate = self.rate(camera, now)
+            total_rate += rate
+            needed += rate * (max(0.0, retention - age) + margin)
+        state = DiskState(free=free, needed=int(needed), bytes_per_second=total_rate)
+        if state.short:
+            hours = free / total_rate / 3600 if total_rate else float("inf")
+            log.error(
+                "disk guard: %s free on %s, but keeping %d days needs %s at the observed %s/h "
+                "(with a %g h margin); the disk is full in about %.1f hours. Add space, or have a person "
+                "decide to shorten the retention (retention_shortened_days): nothing younger is deleted meanwhile",
+                _size(free),
+                self.config.store_root,
+                self.config.days,
+                _size(int(needed)),
+                _size(int(total_rate * 3600)),
+                self.config.disk_margin_hours,
+                hours,
+            )
+        return state
+
+    # -- metrics -----------------------------------------------------------
+
+    def write_metrics(self, now: float, report: Report) -> None:
+        """Prometheus text format, for node_exporter's textfile collector."""
+        disk = report.disk
+        lines = [
+            "# HELP halfbridge_retention_last_run_seconds Unix time of the last retention run.",
+            "# TYPE halfbridge_retention_last_run_seconds gauge",
+            f"halfbridge_retention_last_run_seconds {now:.3f}",
+            "# HELP halfbridge_retention_run_duration_seconds How long the last run took.",
+            "# TYPE halfbridge_retention_run_duration_seconds gauge",
+            f"halfbridge_retention_run_duration_seconds {report.seconds:.3f}",
+            "# HELP halfbridge_retention_destroyed_segments Segments the last run destroyed.",
+            "# TYPE halfbridge_retention_destroyed_segments gauge",
+            f"halfbridge_retention_destroyed_segments {report.count}",
+            "# HELP halfbridge_retention_destroyed_bytes Bytes the last run destroyed.",
+            "# TYPE halfbridge_retention_destroyed_bytes gauge",
+            f"halfbridge_retention_destroyed_bytes {report.bytes}",
+            "# HELP halfbridge_retention_days Days of recordings kept.",
+            "# TYPE halfbridge_retention_days gauge",
+            f"halfbridge_retention_days {self.config.days}",
+        ]
+        if disk is not None:
+            lines += [
+                "# HELP halfbridge_disk_free_bytes Free space of the recordings' file system.",
+                "# TYPE halfbridge_disk_free_bytes gauge",
+                f"halfbridge_disk_free_bytes {disk.free}",
+                "# HELP halfbridge_disk_needed_bytes Space the full retention still needs at the observed bitrate.",
+                "# TYPE halfbridge_disk_needed_bytes gauge",
+                f"halfbridge_disk_needed_bytes {disk.needed}",
+                "# HELP halfbridge_disk_short 1 while the free space is below what the retention needs.",
+                "# TYPE halfbridge_disk_short gauge",
+                f"halfbridge_disk_short {int(disk.short)}",
+            ]
+        write_private(self.config.state_dir / "retention.prom", "\n".join(lines) + "\n")
+
+
+def _unlink(directory: Path, names: set[str]) -> int:
+    """Unlink the named files of a directory; how many were already gone."""
+    missing = 0
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in sorted(names):
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                missing += 1
+    finally:
+        os.close(dir_fd)
+    return missing
+
+
+def _read_journal(path: Path) -> tuple[str, list[Segment]]:
+    with path.open(encoding="ascii", errors="replace", newline="") as handle:
+        lines = handle.readlines()
+    purge = lines[0].strip().removeprefix("#purge=") if lines and lines[0].startswith("#purge=") else "unknown"
+    return purge, [s for line in lines if (s := Segment.parse(line)) is not None]
+
+
+def _iso(ts: float) -> str:
+    return utc(ts).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return f"{value:.1f} TiB"

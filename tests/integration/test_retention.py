@@ -1,0 +1,86 @@
+"""halfbridge-retention as cron runs it: a real process over a real store, killed midway and run again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from halfbridge.audit import query, verify
+from halfbridge.store import INDEX_NAME, Segment
+from tests.support.store import build_store, files
+from tests.support.waiting import wait_for
+
+DAY = 86400
+RETENTION = str(Path(sys.executable).parent / "halfbridge-retention")
+
+
+def test_a_run_killed_midway_leaves_indexes_true_and_the_next_one_registers_everything_once(tmp_path):
+    now = time.time()
+    root, audit = tmp_path / "recordings", tmp_path / "audit.log"
+    cameras = [f"cam-{n:02d}" for n in range(10)]
+    # 10 cameras x 1440 one-minute segments a day, from 12 days ago: 2 days (28,800 files) have expired...
+    expired = build_store(root, cameras, now - 12 * DAY, now - 10 * DAY - 120, 60, mtimes=False)
+    # ...and the 10 days after them are kept (a segment an hour is enough to see they stay).
+    kept = build_store(root, cameras, now - 10 * DAY + 3600, now - 60, 3600, mtimes=False)
+    expired_count = sum(len(s) for s in expired.values())
+    config = tmp_path / "retention.json"
+    config.write_text(
+        json.dumps(
+            {"store_root": str(root), "retention_days": 10, "audit_log": str(audit), "state_dir": str(tmp_path / "s")}
+        )
+    )
+
+    run = subprocess.Popen([RETENTION, str(config)], stderr=subprocess.PIPE)
+    wait_for(lambda: audit.exists() and audit.stat().st_size > 0, 60, "the first register entry", interval=0.002)
+    run.send_signal(signal.SIGKILL)
+    run.wait(10)
+    registered = sum(e["count"] for e in query([audit], event="retention.destroyed"))
+    assert registered < expired_count, "the run finished before it could be killed: make the store bigger"
+
+    for index in root.rglob(INDEX_NAME):
+        for line in index.read_text().splitlines(keepends=True):
+            segment = Segment.parse(line)
+            assert (index.parent / segment.name).exists(), f"{index} lists {segment.name}, which is gone"
+
+    again = subprocess.run([RETENTION, str(config)], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    entries = list(query([audit], event="retention.destroyed"))
+    assert sum(e["count"] for e in entries) == expired_count, "every destruction is registered exactly once"
+    assert len({(e["camera"], e["day"]) for e in entries}) == len(entries)
+    assert files(root) == {
+        str(Path(camera, day.strftime("%Y/%m/%d"), segment.name))
+        for (camera, day), segments in kept.items()
+        for segment in segments
+    }
+    assert verify([audit], f"{audit}.head").ok
+    assert os.listdir(root) == [] or sorted(os.listdir(root)) == cameras
+
+
+def test_a_second_run_waits_for_none_and_says_why_it_stops(tmp_path):
+    root = tmp_path / "recordings"
+    build_store(root, ["cam-01"], time.time() - 11 * DAY, time.time() - 11 * DAY, 60)
+    config = tmp_path / "retention.json"
+    state = tmp_path / "s"
+    config.write_text(
+        json.dumps(
+            {"store_root": str(root), "retention_days": 10, "audit_log": str(tmp_path / "a"), "state_dir": str(state)}
+        )
+    )
+    state.mkdir()
+    holder = subprocess.Popen(
+        ["flock", str(state / "retention.lock"), "sleep", "30"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for(lambda: subprocess.run(["flock", "-n", str(state / "retention.lock"), "true"]).returncode, 10, "lock")
+        second = subprocess.run([RETENTION, str(config)], capture_output=True, text=True, timeout=60)
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert second.returncode == 1
+    assert "another retention run holds" in second.stderr
+    assert len(files(root)) == 1

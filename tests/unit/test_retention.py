@@ -1,0 +1,282 @@
+"""Retention: nothing older than the cutoff survives, nothing younger is touched, every destruction is registered."""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+
+import pytest
+
+from halfbridge.audit import AuditLog, query, verify
+from halfbridge.cli import retention_main
+from halfbridge.retention import JOURNAL_NAME, Retention, RetentionConfig, RetentionError
+from halfbridge.store import Segment, Store
+from tests.support.store import build_store, files
+
+NOW = dt.datetime(2026, 11, 29, 9, 30, tzinfo=dt.UTC).timestamp()
+DAY = 86400
+HOUR = 3600
+CAMERAS = ["ver-gare-01", "sqy-mairie-03"]
+
+
+def config(tmp_path, **overrides) -> RetentionConfig:
+    values = {
+        "store_root": tmp_path / "recordings",
+        "retention_days": 10,
+        "audit_log": tmp_path / "audit.log",
+        "state_dir": tmp_path / "state",
+        "disk_margin_hours": 0,
+    }
+    values.update(overrides)
+    return RetentionConfig(**values)
+
+
+def retention(tmp_path, now: float = NOW, **overrides) -> Retention:
+    return Retention(config(tmp_path, **overrides), clock=lambda: now)
+
+
+def register(tmp_path) -> list[dict]:
+    log = tmp_path / "audit.log"
+    return list(query([log], event="retention.destroyed")) if log.is_file() else []
+
+
+@pytest.fixture
+def twelve_days(tmp_path):
+    """Two cameras, a 100-byte segment opened every hour, lasting 10 minutes, from 12 days ago up to now."""
+    return build_store(tmp_path / "recordings", CAMERAS, NOW - 12 * DAY, NOW - 600, HOUR, 600, b"x" * 100)
+
+
+def test_everything_that_ended_before_the_cutoff_goes_and_nothing_younger(tmp_path, twelve_days):
+    cutoff = NOW - 10 * DAY
+    report = retention(tmp_path).run()
+    store = Store(tmp_path / "recordings")
+    for (camera, day), built in twelve_days.items():
+        survivors = [s for s in built if s.end > cutoff]
+        assert store.index(camera, day) == survivors, (camera, day)
+        on_disk = sorted(os.listdir(store.day_dir(camera, day))) if survivors else []
+        assert on_disk == sorted([s.name for s in survivors] + ["index.csv"] * bool(survivors)), (camera, day)
+    expired = [s for segs in twelve_days.values() for s in segs if s.end <= cutoff]
+    assert report.count == len(expired) == 2 * (15 + 24 + 9)  # per camera: 17 Nov from 09:30, 18 Nov, 19 Nov to 09:30
+    entries = register(tmp_path)
+    assert sum(e["count"] for e in entries) == len(expired)
+    assert sum(e["bytes"] for e in entries) == 100 * len(expired)
+    by_day = {(e["camera"], e["day"]): e for e in entries}
+    first_day = dt.date(2026, 11, 17)
+    entry = by_day["ver-gare-01", first_day.isoformat()]
+    assert entry["count"] == 15  # 09:30 to 23:30
+    assert entry["first"] == "2026-11-17T09:30:00.000Z"
+    assert entry["last"] == "2026-11-17T23:40:00.000Z"
+    assert entry["retention_days"] == 10
+    assert verify([tmp_path / "audit.log"], tmp_path / "audit.log.head").ok
+
+
+def test_a_second_run_destroys_nothing(tmp_path, twelve_days):
+    retention(tmp_path).run()
+    before = files(tmp_path / "recordings")
+    report = retention(tmp_path).run()
+    assert report.count == 0
+    assert files(tmp_path / "recordings") == before
+    assert len(register(tmp_path)) == 6  # 2 cameras x 3 days, from the first run only
+
+
+def test_a_segment_across_the_cutoff_is_kept_whole(tmp_path):
+    cutoff = NOW - 10 * DAY
+    build_store(tmp_path / "recordings", ["ver-gare-01"], cutoff - 30, cutoff - 30, 60, 60, b"ts")
+    assert retention(tmp_path).run().count == 0
+    assert len(files(tmp_path / "recordings")) == 1
+
+
+def test_the_segment_being_written_survives_and_an_old_orphan_goes(tmp_path):
+    cutoff = NOW - 10 * DAY
+    store = Store(tmp_path / "recordings")
+    build_store(store.root, ["ver-gare-01"], cutoff - 600, cutoff - 600, 60, 60, b"ts")
+    day = store.day_dir("ver-gare-01", dt.date(2026, 11, 19))
+    # Opened before the cutoff, not indexed: still being written (it was written a moment ago)...
+    (day / "20261119T092800Z.ts").write_bytes(b"being written")
+    # ...and a crash's leftover that nothing has written since before the cutoff.
+    leftover = day / "20261119T090000Z.ts"
+    leftover.write_bytes(b"crash leftover")
+    os.utime(leftover, (cutoff - 3000, cutoff - 3000))
+    retention(tmp_path).run()
+    assert sorted(os.listdir(day)) == ["20261119T092800Z.ts"]
+    (entry,) = register(tmp_path)
+    assert (entry["count"], entry["unindexed"], entry["bytes"]) == (2, 1, 2 + len(b"crash leftover"))
+
+
+def test_emptied_directories_go_up_to_the_camera(tmp_path):
+    build_store(tmp_path / "recordings", ["ver-gare-01"], NOW - 40 * DAY, NOW - 39 * DAY, HOUR)
+    build_store(tmp_path / "recordings", ["ver-gare-01"], NOW - 2 * HOUR, NOW - HOUR, HOUR)
+    retention(tmp_path).run()
+    camera = tmp_path / "recordings" / "ver-gare-01"
+    assert sorted(str(p.relative_to(camera)) for p in camera.rglob("*") if p.is_dir()) == [
+        "2026",
+        "2026/11",
+        "2026/11/29",
+    ]
+
+
+def test_cameras_out_of_the_referential_are_purged_too(tmp_path):
+    build_store(tmp_path / "recordings", ["retired-cam-09"], NOW - 11 * DAY, NOW - 11 * DAY, 60)
+    assert retention(tmp_path).run().count == 1
+    assert files(tmp_path / "recordings") == set()
+
+
+@pytest.mark.parametrize("killed_after", ["journal", "index", "half of the files", "register entry"])
+def test_a_run_killed_midway_is_finished_and_registered_once(tmp_path, twelve_days, killed_after):
+    """The state a SIGKILL leaves after each step: the index never lists a missing file; the next run completes."""
+    store = Store(tmp_path / "recordings")
+    camera, day = "ver-gare-01", dt.date(2026, 11, 18)
+    built = twelve_days[camera, day]
+    directory = store.day_dir(camera, day)
+    (directory / JOURNAL_NAME).write_text("#purge=0123abcd\n" + "".join(s.line() for s in built))
+    steps = ["journal", "index", "half of the files", "register entry"]
+    done = steps[: steps.index(killed_after) + 1]
+    if "index" in done:
+        with store.locked_index(camera, day) as fd:
+            store.replace_index(fd, camera, day, [])
+    if "half of the files" in done:
+        for segment in built[: len(built) // 2] if killed_after == "half of the files" else built:
+            (directory / segment.name).unlink()
+    if "register entry" in done:
+        AuditLog(tmp_path / "audit.log").append(
+            "retention.destroyed", camera=camera, day=day.isoformat(), count=24, purge="0123abcd"
+        )
+    for segment in store.index(camera, day):
+        assert (directory / segment.name).exists()
+    retention(tmp_path).run()
+    entries = [e for e in register(tmp_path) if (e["camera"], e["day"]) == (camera, day.isoformat())]
+    assert [e["count"] for e in entries] == [24]
+    assert entries[0]["purge"] == "0123abcd"
+    assert not directory.exists()
+    expired = sum(1 for segs in twelve_days.values() for s in segs if s.end <= NOW - 10 * DAY)
+    assert sum(e["count"] for e in register(tmp_path)) == expired
+
+
+def test_without_an_audit_log_nothing_is_destroyed_unregistered(tmp_path, twelve_days):
+    (tmp_path / "audit.log").mkdir()  # cannot be opened for writing
+    with pytest.raises(RetentionError, match="not registered yet"):
+        retention(tmp_path).run()
+    journals = list((tmp_path / "recordings").rglob(JOURNAL_NAME))
+    assert len(journals) == 1, "the run stops at its first camera-day, whose journal stays"
+    (tmp_path / "audit.log").rmdir()
+    retention(tmp_path).run()
+    assert not list((tmp_path / "recordings").rglob(JOURNAL_NAME))
+    entries = register(tmp_path)
+    assert sum(e["count"] for e in entries) == 96
+    assert sum(1 for e in entries if e.get("resumed")) == 1
+
+
+def test_a_full_disk_destroys_files_first_and_still_registers(tmp_path, twelve_days, monkeypatch, caplog):
+    def no_room(self, journal, segments):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Retention, "_write_journal", no_room)
+    with caplog.at_level(logging.ERROR):
+        report = retention(tmp_path).run()
+    assert "the disk is full; destroying" in caplog.text
+    assert report.count == 96
+    store = Store(tmp_path / "recordings")
+    for (camera, day), built in twelve_days.items():
+        assert store.index(camera, day) == [s for s in built if s.end > NOW - 10 * DAY]
+    entries = register(tmp_path)
+    assert sum(e["count"] for e in entries) == 96 and all(e["without_journal"] for e in entries)
+
+
+def test_runs_never_overlap(tmp_path, twelve_days):
+    state = tmp_path / "state"
+    state.mkdir()
+    fd = os.open(state / "retention.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(RetentionError, match="another retention run"):
+            retention(tmp_path).run()
+    finally:
+        os.close(fd)
+    assert register(tmp_path) == []
+    assert retention(tmp_path).run().count == 96
+
+
+def test_a_shortened_retention_is_a_logged_decision(tmp_path, twelve_days, caplog):
+    reason = "Disk failure on 2026-11-28, decided by the DSI (ticket 4312)"
+    with caplog.at_level(logging.WARNING):
+        report = retention(tmp_path, shortened_days=7, shortened_reason=reason).run()
+    assert "retention shortened to 7 days (the convention says 10) by decision" in caplog.text
+    assert report.count == 2 * (5 * 24)
+    assert {(e["retention_days"], e["decision"]) for e in register(tmp_path)} == {(7, reason)}
+
+
+def test_the_disk_guard_warns_and_deletes_nothing_younger(tmp_path, twelve_days, caplog):
+    # Keeping 10 days with a margin of a billion hours of recording fits on no disk.
+    with caplog.at_level(logging.ERROR):
+        report = retention(tmp_path, disk_margin_hours=1e9).run()
+    assert report.disk.short
+    assert "disk guard:" in caplog.text and "nothing younger is deleted" in caplog.text
+    assert report.count == 96
+    metrics = (tmp_path / "state" / "retention.prom").read_text()
+    assert "halfbridge_disk_short 1" in metrics
+    assert "halfbridge_retention_destroyed_segments 96" in metrics
+
+
+def test_the_disk_guard_measures_the_bitrate_and_what_is_missing(tmp_path, twelve_days):
+    report = retention(tmp_path).run()
+    # 100 bytes per 600-second segment, two cameras; each holds 10 days already, so nothing more is needed.
+    assert report.disk.bytes_per_second == pytest.approx(2 * 100 / 600)
+    assert report.disk.needed == 0 and not report.disk.short
+    young = tmp_path / "young"
+    build_store(young / "recordings", ["ver-gare-01"], NOW - DAY, NOW - 600, HOUR, 600, b"x" * 100)
+    report = retention(young).run()
+    # One day held: nine more at 1/6 byte per second.
+    assert report.disk.needed == pytest.approx(9 * DAY * 100 / 600, rel=0.01)
+
+
+def test_an_append_waiting_during_an_index_rewrite_is_not_lost(tmp_path):
+    store = Store(tmp_path / "recordings")
+    day = dt.date(2026, 11, 29)
+    store.day_dir("ver-gare-01", day).mkdir(parents=True)
+    old = Segment(NOW - 120, NOW - 60, 1, "20261129T092800Z.ts")
+    new = Segment(NOW - 60, NOW, 1, "20261129T092900Z.ts")
+    store.append("ver-gare-01", day, old)
+    with store.locked_index("ver-gare-01", day) as fd:
+        writer = threading.Thread(target=store.append, args=("ver-gare-01", day, new))
+        writer.start()
+        time.sleep(0.2)  # the recorder's append now waits for the lock
+        store.replace_index(fd, "ver-gare-01", day, [old])
+    writer.join(5)
+    assert store.index("ver-gare-01", day) == [old, new]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"retention_days": 31}, "from 1 to 30"),
+        ({"retention_days": 0}, "from 1 to 30"),
+        ({"shortened_days": 10}, "fewer than the convention's 10"),
+        ({"shortened_days": 5}, "needs shortened_reason"),
+    ],
+)
+def test_a_bad_configuration_is_a_sentence(tmp_path, overrides, message):
+    values = {"store_root": "/srv/r", "retention_days": 10, "audit_log": "/var/log/a", "state_dir": "/var/lib/s"}
+    path = tmp_path / "retention.json"
+    path.write_text(json.dumps({**values, **overrides}))
+    with pytest.raises(RetentionError, match=message):
+        RetentionConfig.load(path)
+
+
+def test_the_command_rehearses_with_a_dry_run_and_changes_nothing(tmp_path, twelve_days, capsys):
+    values = config(tmp_path)
+    path = tmp_path / "retention.json"
+    path.write_text(json.dumps({k: str(v) if isinstance(v, os.PathLike) else v for k, v in vars(values).items()}))
+    before = files(tmp_path / "recordings")
+    later = dt.datetime.fromtimestamp(NOW + DAY, dt.UTC).isoformat()
+    assert retention_main([str(path), "--dry-run", "--now", later]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sum(item["count"] for item in out) == 2 * 72
+    assert files(tmp_path / "recordings") == before and register(tmp_path) == []
+    with pytest.raises(SystemExit):
+        retention_main([str(path), "--now", later])

@@ -85,7 +85,7 @@ def main() -> int:
             subprocess.run([sys.executable, "-c", "import halfbridge.retention"], check=True, timeout=60)
             interpreter.append(time.monotonic() - t0)
 
-        later = now + DAY  # a day past the retention of the newest segment: everything goes
+        later = now + (args.days + 1) * DAY  # a day past the retention of the newest segment: everything goes
         retention = Retention(
             RetentionConfig(ours / "recordings", args.days, ours / "audit.log", ours / "state"), clock=lambda: later
         )

@@ -25,6 +25,8 @@ A run killed anywhere leaves an index that lists only files that exist, and the
 next run finishes the journal it finds before anything else, so every
 destruction is registered exactly once. If the audit log cannot be written the
 run stops there: nothing is destroyed without its register entry on the way.
+On a full disk, where even the journal does not fit, the files of the camera-day
+go first (making room), then its index and register entry (`without_journal`).
 
 The disk guard compares the free space with what the store still needs to hold
 its full retention at the bitrate observed over the last hour, plus a margin,
@@ -513,18 +515,22 @@ class Retention:
 
 
 def _unlink(directory: Path, names: set[str]) -> int:
-    """Unlink the named files of a directory; how many were already gone."""
-    missing = 0
+    """Unlink the named files of a directory; how many were already gone.
+
+    In the directory's own order (readdir's, as find and rm do): on ext4 that walks
+    its hash tree and inode table in sequence, about twice as fast as name order.
+    """
+    removed = 0
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        for name in sorted(names):
-            try:
-                os.unlink(name, dir_fd=dir_fd)
-            except FileNotFoundError:
-                missing += 1
+        for name in os.listdir(dir_fd):
+            if name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=dir_fd)
+                    removed += 1
     finally:
         os.close(dir_fd)
-    return missing
+    return len(names) - removed
 
 
 def _read_journal(path: Path) -> tuple[str, list[Segment]]:

@@ -16,6 +16,8 @@ For each camera and day it destroys anything, in this order:
 
 1. a journal (`.retention-purge.csv`, the index lines of what goes) is written and flushed;
 2. the day's index is replaced by one without those lines (write beside, rename over);
+   for a day over a day older than the cutoff, whose index lists all its files, steps 1
+   and 2 are one rename: the index becomes the journal;
 3. the files are unlinked;
 4. the register entry `retention.destroyed` is appended to the audit log
    (camera, day, count, bytes, first and last second destroyed);
@@ -41,10 +43,10 @@ import contextlib
 import datetime as dt
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
-import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -118,20 +120,41 @@ class RetentionConfig:
 
 @dataclass
 class Destruction:
-    """What one camera-day loses in a run (the register entry's figures)."""
+    """What one camera-day loses in a run: the register entry's figures."""
 
     camera: str
     day: dt.date
-    segments: list[Segment]
-    missing: int = 0  # listed by the index but already gone (finishing an interrupted run)
+    count: int
+    bytes: int
+    first: float
+    last: float
+    unindexed: int = 0  # files no index listed
+    missing: int = 0  # listed by the index but already gone
 
-    @property
-    def count(self) -> int:
-        return len(self.segments)
-
-    @property
-    def bytes(self) -> int:
-        return sum(s.size for s in self.segments)
+    @classmethod
+    def scan(cls, camera: str, day: dt.date, data: bytes) -> tuple[Destruction, set[str]]:
+        """The figures and the file names of journal (index-format) lines, read as bytes: no object per line."""
+        count = size = unindexed = 0
+        first, last = float("inf"), float("-inf")
+        names = set()
+        for line in data.split(b"\n"):
+            parts = line.split(b",")
+            if len(parts) != 5:
+                continue
+            try:
+                start, end, length = float(parts[0]), float(parts[1]), int(parts[2])
+            except ValueError:
+                continue
+            count += 1
+            size += length
+            if start < first:
+                first = start
+            if end > last:
+                last = end
+            names.add(parts[3].decode("ascii", "replace"))
+            if parts[4] == b"unindexed":
+                unindexed += 1
+        return cls(camera, day, count, size, first, last, unindexed), names
 
     def register(self) -> dict:
         entry = {
@@ -139,12 +162,11 @@ class Destruction:
             "day": self.day.isoformat(),
             "count": self.count,
             "bytes": self.bytes,
-            "first": _iso(min(s.start for s in self.segments)),
-            "last": _iso(max(s.end for s in self.segments)),
+            "first": _iso(self.first),
+            "last": _iso(self.last),
         }
-        unindexed = sum(1 for s in self.segments if s.flags == "unindexed")
-        if unindexed:
-            entry["unindexed"] = unindexed
+        if self.unindexed:
+            entry["unindexed"] = self.unindexed
         if self.missing:
             entry["already_missing"] = self.missing
         return entry
@@ -243,10 +265,19 @@ class Retention:
         directory = self.store.day_dir(camera, day)
         done = []
         journal = directory / JOURNAL_NAME
-        if journal.exists() and not dry_run:
-            purge, segments = _read_journal(journal)
-            if (finished := self._finish(camera, day, purge, segments, resumed=True)) is not None:
-                done.append(finished)
+        if (
+            journal.exists()
+            and not dry_run
+            and (finished := self._finish(camera, day, journal.read_bytes(), resumed=True)) is not None
+        ):
+            done.append(finished)
+        # A day that ended a whole day before the cutoff holds nothing younger (segments last minutes).
+        if (
+            not dry_run
+            and _midnight(day + dt.timedelta(days=2)) <= cutoff
+            and (finished := self._purge_whole_day(camera, day)) is not None
+        ):
+            return [*done, finished]
         if not self._anything_to_do(camera, day, cutoff):
             if day <= utc(cutoff).date():  # never today's or tomorrow's, made ready by the recorder
                 self._remove_if_empty(camera, day)
@@ -257,13 +288,14 @@ class Retention:
             expired += self._expired_orphans(directory, {s.name for s in indexed}, cutoff)
             if not expired:
                 return done
+            data = "".join(s.line() for s in expired).encode("ascii")
             if dry_run:
-                return [*done, Destruction(camera, day, expired)]
+                return [*done, Destruction.scan(camera, day, data)[0]]
             gone = {s.name for s in expired}
             kept = [s for s in indexed if s.name not in gone]
-            unlinked = False
+            full_disk = False
             try:
-                purge = self._write_journal(journal, expired)
+                _write_journal(journal, data)
             except OSError as exc:
                 if exc.errno != errno.ENOSPC:
                     raise RetentionError(
@@ -278,14 +310,40 @@ class Retention:
                     day,
                     len(gone),
                 )
-                purge, unlinked = f"nojournal-{secrets.token_hex(8)}", True
-                missing = _unlink(directory, gone)
+                full_disk, missing = True, _unlink(directory, gone)
             self.store.replace_index(lock_fd, camera, day, kept)
-        if unlinked:
-            done.append(self._register(camera, day, purge, expired, missing=missing, without_journal=True))
+        if full_disk:
+            figures = Destruction.scan(camera, day, data)[0]
+            figures.missing = missing
+            done.append(self._register(figures, journal_id(camera, day, data), without_journal=True))
         else:
-            done.append(self._finish(camera, day, purge, expired, resumed=False))
+            done.append(self._finish(camera, day, data, resumed=False))
         return done
+
+    def _purge_whole_day(self, camera: str, day: dt.date) -> Destruction | None:
+        """A day wholly expired whose index lists every file: the index itself becomes the journal.
+
+        One rename instead of parsing and writing each line. None when there is nothing, or when
+        the day has files its index does not list (or the rename fails): the general path does it.
+        """
+        directory = self.store.day_dir(camera, day)
+        index = directory / INDEX_NAME
+        try:
+            on_disk = {n for n in os.listdir(directory) if SEGMENT_RE.match(n)}
+        except FileNotFoundError:
+            return None
+        if not on_disk:
+            return None
+        with self.store.locked_index(camera, day):
+            data = index.read_bytes()
+            scanned = Destruction.scan(camera, day, data)
+            if on_disk - scanned[1]:
+                return None
+            try:
+                os.replace(index, directory / JOURNAL_NAME)  # nothing lists these files any more
+            except OSError:
+                return None
+        return self._finish(camera, day, data, resumed=False, scanned=scanned)
 
     def _anything_to_do(self, camera: str, day: dt.date, cutoff: float) -> bool:
         """Fast path of a run with nothing to do: the index's smallest end, and a count of files."""
@@ -321,63 +379,37 @@ class Retention:
                 found.append(Segment(round(opened, 3), end, info.st_size, name, "unindexed"))
         return found
 
-    def _write_journal(self, journal: Path, segments: list[Segment]) -> str:
-        """Write the journal of a destruction; returns its id, which its register entry carries."""
-        purge = secrets.token_hex(8)
-        data = (f"#purge={purge}\n" + "".join(s.line() for s in segments)).encode("ascii")
-        tmp = journal.with_name(journal.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            if os.write(fd, data) != len(data):
-                raise OSError(errno.ENOSPC, "short write")
-            os.fsync(fd)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
-        finally:
-            os.close(fd)
-        os.replace(tmp, journal)
-        return purge
-
     def _finish(
-        self, camera: str, day: dt.date, purge: str, segments: list[Segment], resumed: bool
+        self, camera: str, day: dt.date, data: bytes, resumed: bool, scanned: tuple[Destruction, set[str]] | None = None
     ) -> Destruction | None:
-        """Steps 2 to 5 for a journal; None when a killed run had registered it already."""
-        directory = self.store.day_dir(camera, day)
-        gone = {s.name for s in segments}
+        """Steps 2 to 5 for a journal's lines; None when a killed run had registered it already."""
+        purge = journal_id(camera, day, data)
+        figures, gone = scanned or Destruction.scan(camera, day, data)
         registered = (
             resumed
             and self.audit.path.is_file()
             and any(query([self.audit.path], "retention.destroyed", match={"purge": purge}))
         )
         if resumed:
-            log.warning(
-                "camera %s, %s: finishing the destruction of %d segment(s) that a run left", camera, day, len(gone)
-            )
+            log.warning("camera %s, %s: finishing the destruction of %d segment(s) a run left", camera, day, len(gone))
             with self.store.locked_index(camera, day) as lock_fd:
                 indexed = self.store.index(camera, day)
                 if any(s.name in gone for s in indexed):
                     self.store.replace_index(lock_fd, camera, day, [s for s in indexed if s.name not in gone])
-        missing = _unlink(directory, gone)
+        missing = _unlink(self.store.day_dir(camera, day), gone)
         if registered:  # killed between its register entry and the journal's removal
-            (directory / JOURNAL_NAME).unlink(missing_ok=True)
+            (self.store.day_dir(camera, day) / JOURNAL_NAME).unlink(missing_ok=True)
             self._remove_if_empty(camera, day)
             return None
-        return self._register(camera, day, purge, segments, missing=0 if resumed else missing, resumed=resumed)
+        figures.missing = 0 if resumed else missing
+        return self._register(figures, purge, resumed=resumed)
 
     def _register(
-        self,
-        camera: str,
-        day: dt.date,
-        purge: str,
-        segments: list[Segment],
-        missing: int,
-        resumed: bool = False,
-        without_journal: bool = False,
+        self, destruction: Destruction, purge: str, resumed: bool = False, without_journal: bool = False
     ) -> Destruction:
         """Step 4 and 5: the register entry, then the journal and the emptied directories go."""
+        camera, day, missing = destruction.camera, destruction.day, destruction.missing
         directory = self.store.day_dir(camera, day)
-        destruction = Destruction(camera, day, segments, missing=missing)
         if missing:
             log.warning("camera %s, %s: %d indexed segment(s) were already gone", camera, day, missing)
         fields = destruction.register()
@@ -525,19 +557,38 @@ def _unlink(directory: Path, names: set[str]) -> int:
     try:
         for name in os.listdir(dir_fd):
             if name in names:
-                with contextlib.suppress(FileNotFoundError):
+                try:
                     os.unlink(name, dir_fd=dir_fd)
-                    removed += 1
+                except FileNotFoundError:
+                    continue
+                removed += 1
     finally:
         os.close(dir_fd)
     return len(names) - removed
 
 
-def _read_journal(path: Path) -> tuple[str, list[Segment]]:
-    with path.open(encoding="ascii", errors="replace", newline="") as handle:
-        lines = handle.readlines()
-    purge = lines[0].strip().removeprefix("#purge=") if lines and lines[0].startswith("#purge=") else "unknown"
-    return purge, [s for line in lines if (s := Segment.parse(line)) is not None]
+def journal_id(camera: str, day: dt.date, data: bytes) -> str:
+    """A journal's id, carried by its register entry: the same camera-day and lines give it again after a crash."""
+    return hashlib.sha256(f"{camera}/{day.isoformat()}\n".encode() + data).hexdigest()[:16]
+
+
+def _write_journal(journal: Path, data: bytes) -> None:
+    tmp = journal.with_name(journal.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        if os.write(fd, data) != len(data):
+            raise OSError(errno.ENOSPC, "short write")
+        os.fsync(fd)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        os.close(fd)
+    os.replace(tmp, journal)
+
+
+def _midnight(day: dt.date) -> float:
+    return dt.datetime.combine(day, dt.time(), dt.UTC).timestamp()
 
 
 def _iso(ts: float) -> str:

@@ -95,6 +95,32 @@ def retention_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def quotad_main(argv: list[str] | None = None) -> int:
+    """halfbridge-quotad CONFIG: grant leases on the flow quota over a Unix socket."""
+    import asyncio
+    import contextlib
+    import signal
+
+    from halfbridge.quotad import QuotaDaemon, QuotadConfig
+
+    parser = argparse.ArgumentParser(prog="halfbridge-quotad", description=quotad_main.__doc__)
+    parser.add_argument("config", help="the JSON configuration (socket, limit, ttl)")
+    args = parser.parse_args(argv)
+    _logging(False)
+    daemon = QuotaDaemon(QuotadConfig.load(args.config))
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):  # SIGTERM: a clean stop
+            await daemon.serve()
+
+    asyncio.run(main())
+    return 0
+
+
 def _date(text: str):
     import datetime as dt
 

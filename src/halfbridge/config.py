@@ -6,6 +6,9 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -30,3 +33,8 @@ def read_json(path: str | os.PathLike, known: Iterable[str], required: Iterable[
         if raw.get(key):
             raw[key] = Path(raw[key])
     return raw
+
+
+def load_dataclass(cls: type[T], path: str | os.PathLike, required: Iterable[str], paths: Iterable[str]) -> T:
+    """A configuration dataclass from its JSON file; its fields are the keys the file may hold."""
+    return cls(**read_json(path, cls.__dataclass_fields__, required, paths))

@@ -32,7 +32,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from halfbridge.config import ConfigError, read_json
+from halfbridge.config import ConfigError, load_dataclass
 
 log = logging.getLogger("halfbridge.quotad")
 
@@ -53,10 +53,9 @@ class QuotadConfig:
     @classmethod
     def load(cls, path: str | os.PathLike) -> QuotadConfig:
         try:
-            raw = read_json(path, cls.__dataclass_fields__, required=("socket", "limit"), paths=("socket",))
+            config = load_dataclass(cls, path, required=("socket", "limit"), paths=("socket",))
         except ConfigError as exc:
             raise SystemExit(f"halfbridge-quotad: {exc}") from None
-        config = cls(**raw)
         if not isinstance(config.limit, int) or isinstance(config.limit, bool) or config.limit < 1:
             raise SystemExit(f"halfbridge-quotad: {path}: limit must be a positive whole number of flows")
         if not isinstance(config.ttl, int | float) or not 1 <= config.ttl <= 300:

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from halfbridge.audit import AuditError, AuditLog, query
-from halfbridge.config import ConfigError, read_json
+from halfbridge.config import ConfigError, load_dataclass
 from halfbridge.media import write_private
 from halfbridge.store import INDEX_NAME, SEGMENT_RE, Segment, Store, segment_time, utc
 
@@ -86,16 +86,11 @@ class RetentionConfig:
     @classmethod
     def load(cls, path: str | os.PathLike) -> RetentionConfig:
         """Read the JSON configuration; a missing key or a bad value is a sentence."""
+        required = ("store_root", "retention_days", "audit_log", "state_dir")
         try:
-            raw = read_json(
-                path,
-                known=cls.__dataclass_fields__,
-                required=("store_root", "retention_days", "audit_log", "state_dir"),
-                paths=("store_root", "audit_log", "state_dir"),
-            )
+            config = load_dataclass(cls, path, required, paths=("store_root", "audit_log", "state_dir"))
         except ConfigError as exc:
             raise RetentionError(str(exc)) from None
-        config = cls(**raw)
         config.check(str(path))
         return config
 

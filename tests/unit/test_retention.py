@@ -16,7 +16,7 @@ import pytest
 from halfbridge import retention as retention_module
 from halfbridge.audit import AuditLog, query, verify
 from halfbridge.cli import retention_main
-from halfbridge.retention import JOURNAL_NAME, Retention, RetentionConfig, RetentionError, journal_id
+from halfbridge.retention import JOURNAL_NAME, Destruction, Retention, RetentionConfig, RetentionError, journal_id
 from halfbridge.store import Segment, Store
 from tests.support.store import build_store, files
 
@@ -77,6 +77,22 @@ def test_everything_that_ended_before_the_cutoff_goes_and_nothing_younger(tmp_pa
     assert verify([tmp_path / "audit.log"], tmp_path / "audit.log.head").ok
 
 
+def test_the_register_figures_come_from_whole_lines_only():
+    data = (
+        b"1795080600.000,1795080660.000,100,20261119T093000Z.ts,\n"
+        b"1795080000.000,1795080600.000,50,20261119T092000Z.ts,unindexed\n"
+        b"1795080660.000,1795080720.000,70,20261119T093100Z.ts,\n"
+        b"1795080720.000,17950807"  # torn by a crash: not a segment
+    )
+    figures, names = Destruction.scan("ver-gare-01", dt.date(2026, 11, 19), data)
+    assert (figures.count, figures.bytes, figures.unindexed) == (3, 220, 1)
+    assert (figures.first, figures.last) == (1795080000.0, 1795080720.0)
+    assert names == {b"20261119T093000Z.ts", b"20261119T092000Z.ts", b"20261119T093100Z.ts"}
+    # Times of other lengths (before 2001, or hand-edited) are compared as numbers.
+    figures, _ = Destruction.scan("x", dt.date(2026, 11, 19), b"999.000,1000.000,1,a.ts,\n10.000,99.000,1,b.ts,\n")
+    assert (figures.first, figures.last) == (10.0, 1000.0)
+
+
 def test_a_second_run_destroys_nothing(tmp_path, twelve_days):
     retention(tmp_path).run()
     before = files(tmp_path / "recordings")
@@ -120,6 +136,15 @@ def test_emptied_directories_go_up_to_the_camera(tmp_path):
         "2026/11",
         "2026/11/29",
     ]
+
+
+def test_temporary_files_of_a_crashed_run_do_not_keep_a_directory(tmp_path):
+    built = build_store(tmp_path / "recordings", ["ver-gare-01"], NOW - 11 * DAY, NOW - 11 * DAY, 60)
+    (directory,) = {Store(tmp_path / "recordings").day_dir(c, d) for c, d in built}
+    (directory / f"{JOURNAL_NAME}.tmp").write_text("half a jour")
+    (directory / ".index.csv.4242").write_text("half an ind")
+    retention(tmp_path).run()
+    assert not directory.exists()
 
 
 def test_cameras_out_of_the_referential_are_purged_too(tmp_path):

@@ -31,7 +31,7 @@ from pathlib import Path
 from halfbridge import media
 from halfbridge.audit import AuditError, AuditLog
 from halfbridge.config import ConfigError, load_dataclass
-from halfbridge.store import Segment, Store, segment_day, segment_time, utc
+from halfbridge.store import Segment, Store, iso, segment_day, segment_time, utc
 
 log = logging.getLogger("halfbridge.recorder")
 
@@ -337,7 +337,7 @@ class Recorder:
                 _duration(now - (self.down_since or now)),
                 self.backoff.failures,
             )
-            self.record("recorder.up", down_since=_iso(self.down_since), attempts=self.backoff.failures)
+            self.record("recorder.up", down_since=iso(self.down_since), attempts=self.backoff.failures)
         elif self.state == "starting":
             log.info("camera %s: recording", self.config.camera)
         self.state, self.down_since, self.last_error = "recording", None, ""
@@ -354,7 +354,7 @@ class Recorder:
                 reason,
                 delay,
             )
-            self.record("recorder.down", since=_iso(now), reason=reason)
+            self.record("recorder.down", since=iso(now), reason=reason)
         elif now - self.last_down_log >= self.config.still_down_log_seconds:
             self.last_down_log = now
             log.warning(
@@ -380,11 +380,11 @@ class Recorder:
         status = {
             "camera": self.config.camera,
             "state": "stopped" if self.stopping else self.state,
-            "since": _iso(self.down_since) if self.state == "down" else None,
+            "since": iso(self.down_since) if self.state == "down" else None,
             "last_error": self.last_error or None,
             "restarts": self.restarts,
             "audio": self.audio_note,
-            "updated": _iso(self.clock()),
+            "updated": iso(self.clock()),
         }
         media.write_private(self.status_path, json.dumps(status, indent=1) + "\n")
 
@@ -476,10 +476,6 @@ def _die_with_parent() -> None:
     """ffmpeg gets SIGKILL if its supervisor dies, whatever killed it."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else utc(ts).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _duration(seconds: float) -> str:

@@ -56,7 +56,7 @@ from pathlib import Path
 from halfbridge.audit import AuditError, AuditLog, query
 from halfbridge.config import ConfigError, load_dataclass
 from halfbridge.media import write_private
-from halfbridge.store import INDEX_NAME, SEGMENT_RE, Segment, Store, segment_time, utc
+from halfbridge.store import INDEX_NAME, SEGMENT_RE, Segment, Store, iso, segment_time, utc, write_replacing
 
 log = logging.getLogger("halfbridge.retention")
 
@@ -158,8 +158,8 @@ class Destruction:
             "day": self.day.isoformat(),
             "count": self.count,
             "bytes": self.bytes,
-            "first": _iso(self.first),
-            "last": _iso(self.last),
+            "first": iso(self.first),
+            "last": iso(self.last),
         }
         if self.unindexed:
             entry["unindexed"] = self.unindexed
@@ -219,17 +219,18 @@ class Retention:
         report = Report(cutoff=now - days * DAY)
         last_day = utc(report.cutoff).date()  # later days hold nothing that ended before the cutoff
         with self._lock():
-            held: dict[str, float] = {}
+            held: dict[str, tuple[float, list[dt.date]]] = {}
             for camera in self.store.cameras():
                 oldest = None
-                for day in self.store.days(camera):
+                days_of_camera = self.store.days(camera)
+                for day in days_of_camera:
                     if day > last_day and not (self.store.day_dir(camera, day) / JOURNAL_NAME).exists():
                         oldest = oldest or self._first_start(camera, day)
                         break
                     report.destroyed += self.purge_day(camera, day, report.cutoff, dry_run)
                     oldest = oldest or self._first_start(camera, day)
                 if oldest is not None:
-                    held[camera] = now - oldest
+                    held[camera] = (now - oldest, days_of_camera)
             report.disk = self.disk_guard(now, held)
         report.seconds = time.monotonic() - started
         if not dry_run:
@@ -249,7 +250,7 @@ class Retention:
                 since = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "an unknown time"
                 raise RetentionError(f"another retention run holds {path} (started {since}); this one stops") from None
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{_iso(self.clock())} pid {os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, f"{iso(self.clock())} pid {os.getpid()}\n".encode(), 0)
             yield
         finally:
             os.close(fd)
@@ -281,7 +282,7 @@ class Retention:
         with self.store.locked_index(camera, day) as lock_fd:
             indexed = self.store.index(camera, day)
             expired = [s for s in indexed if s.end <= cutoff]
-            expired += self._expired_orphans(directory, {s.name for s in indexed}, cutoff)
+            expired += self._expired_orphans(camera, day, {s.name for s in indexed}, cutoff)
             if not expired:
                 return done
             data = "".join(s.line() for s in expired).encode("ascii")
@@ -360,12 +361,11 @@ class Retention:
                     earliest = end if earliest is None else min(earliest, end)
         return files != lines or (earliest is not None and earliest <= cutoff)
 
-    def _expired_orphans(self, directory: Path, indexed: set[str], cutoff: float) -> list[Segment]:
+    def _expired_orphans(self, camera: str, day: dt.date, indexed: set[str], cutoff: float) -> list[Segment]:
         """Segment files no index lists whose last write is at or before the cutoff (never the one being written)."""
+        directory = self.store.day_dir(camera, day)
         found = []
-        for name in sorted(os.listdir(directory)):
-            if not SEGMENT_RE.match(name) or name in indexed:
-                continue
+        for name in self.store.unindexed(camera, day, indexed):
             try:
                 info = (directory / name).stat()
             except FileNotFoundError:
@@ -404,9 +404,10 @@ class Retention:
                 if any(s.name.encode() in gone for s in indexed):
                     kept = [s for s in indexed if s.name.encode() not in gone]
                     self.store.replace_index(lock_fd, camera, day, kept)
-        missing = _unlink(self.store.day_dir(camera, day), gone, on_disk)
+        directory = self.store.day_dir(camera, day)
+        missing = _unlink(directory, gone, on_disk)
         if registered:  # killed between its register entry and the journal's removal
-            (self.store.day_dir(camera, day) / JOURNAL_NAME).unlink(missing_ok=True)
+            (directory / JOURNAL_NAME).unlink(missing_ok=True)
             self._remove_if_empty(camera, day)
             return None
         figures.missing = 0 if resumed else missing
@@ -460,7 +461,7 @@ class Retention:
         with contextlib.suppress(OSError):
             leftovers = os.listdir(directory)
             # Temporary files of a run that crashed while writing them: incomplete, never used.
-            if leftovers and all(n.startswith((f"{JOURNAL_NAME}.tmp", f".{INDEX_NAME}.")) for n in leftovers):
+            if leftovers and all(n.startswith((f"{JOURNAL_NAME}.", f".{INDEX_NAME}.")) for n in leftovers):
                 for name in leftovers:
                     (directory / name).unlink(missing_ok=True)
         for path in (directory, directory.parent, directory.parent.parent):
@@ -478,11 +479,14 @@ class Retention:
 
     # -- the disk guard ----------------------------------------------------
 
-    def rate(self, camera: str, now: float) -> float:
-        """Bytes per second the camera recorded over the last window (0 if it recorded nothing)."""
+    def rate(self, camera: str, now: float, days: list[dt.date]) -> float:
+        """Bytes per second the camera recorded over the last window (0 if it recorded nothing).
+
+        `days` are the camera's day directories, as listed at the start of the run.
+        """
         window_start = now - self.config.rate_window_seconds
         recent: list[Segment] = []
-        for day in reversed(self.store.days(camera)[-2:]):
+        for day in reversed(days[-2:]):
             path = self.store.day_dir(camera, day) / INDEX_NAME
             with contextlib.suppress(FileNotFoundError), path.open("rb") as handle:
                 size = handle.seek(0, os.SEEK_END)
@@ -495,15 +499,15 @@ class Retention:
         duration = sum(s.duration for s in recent)
         return sum(s.size for s in recent) / duration if duration > 0 else 0.0
 
-    def disk_guard(self, now: float, held: dict[str, float]) -> DiskState:
+    def disk_guard(self, now: float, held: dict[str, tuple[float, list[dt.date]]]) -> DiskState:
         """Free space against what the full retention still needs; an error line while it is short."""
         info = os.statvfs(self.config.store_root)
         free = info.f_bavail * info.f_frsize
         retention = self.config.days * DAY
         margin = self.config.disk_margin_hours * 3600
         total_rate, needed = 0.0, 0.0
-        for camera, age in held.items():
-            rate = self.rate(camera, now)
+        for camera, (age, days) in held.items():
+            rate = self.rate(camera, now, days)
             total_rate += rate
             needed += rate * (max(0.0, retention - age) + margin)
         state = DiskState(free=free, needed=int(needed), bytes_per_second=total_rate)
@@ -589,18 +593,7 @@ def journal_id(camera: str, day: dt.date, data: bytes) -> str:
 
 
 def _write_journal(journal: Path, data: bytes) -> None:
-    tmp = journal.with_name(journal.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        if os.write(fd, data) != len(data):
-            raise OSError(errno.ENOSPC, "short write")
-        os.fsync(fd)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        os.close(fd)
-    os.replace(tmp, journal)
+    write_replacing(journal, data, 0o640)
 
 
 def _extreme(pick, values: tuple[bytes, ...]) -> float:
@@ -612,10 +605,6 @@ def _extreme(pick, values: tuple[bytes, ...]) -> float:
 
 def _midnight(day: dt.date) -> float:
     return dt.datetime.combine(day, dt.time(), dt.UTC).timestamp()
-
-
-def _iso(ts: float) -> str:
-    return utc(ts).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _size(n: int) -> str:

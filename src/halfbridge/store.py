@@ -75,6 +75,31 @@ def utc(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC)
 
 
+def iso(ts: float | None) -> str | None:
+    """A time as the daemons write it: UTC, milliseconds, `Z`."""
+    return None if ts is None else utc(ts).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def write_replacing(path: Path, data: bytes, mode: int) -> None:
+    """Write `path` beside itself, flush it, then rename it over: a crash leaves the old file or the new, whole.
+
+    The temporary file is `.NAME.PID` in the same directory (what a crash may leave behind).
+    """
+    tmp = path.with_name(f".{path.name.lstrip('.')}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        if os.write(fd, data) != len(data):
+            raise OSError(errno.ENOSPC, f"short write to {tmp}")
+        os.fsync(fd)
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+
+
 def segment_time(name: str) -> float | None:
     """The wall-clock second a segment's file name records, or None."""
     match = SEGMENT_RE.match(name)
@@ -169,7 +194,8 @@ class Store:
             if current:
                 try:
                     yield fd
-                    if os.fstat(fd).st_size == 0 and os.fstat(fd).st_nlink:
+                    info = os.fstat(fd)
+                    if info.st_size == 0 and info.st_nlink:
                         path.unlink(missing_ok=True)  # locking made it: no empty index is left behind
                 finally:
                     os.close(fd)  # releases the lock
@@ -187,20 +213,8 @@ class Store:
         if not segments:
             path.unlink(missing_ok=True)
             return
-        tmp = path.with_name(f".{INDEX_NAME}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            data = "".join(segment.line() for segment in segments).encode("ascii")
-            if os.write(fd, data) != len(data):
-                raise OSError(errno.ENOSPC, f"short write to {tmp}")
-            os.fsync(fd)
-            os.fchmod(fd, os.fstat(lock_fd).st_mode & 0o777)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        os.replace(tmp, path)
+        data = "".join(segment.line() for segment in segments).encode("ascii")
+        write_replacing(path, data, os.fstat(lock_fd).st_mode & 0o777)
 
     def index(self, camera: str, day: dt.date) -> list[Segment]:
         """The segments of one day, in index order (torn lines skipped)."""
@@ -220,14 +234,19 @@ class Store:
                     if segment.end > start and segment.start < end:
                         yield day, segment
 
-    def unindexed(self, camera: str, day: dt.date) -> list[str]:
-        """Segment files of a day that its index does not list (a crash's partial segment)."""
+    def unindexed(self, camera: str, day: dt.date, indexed: set[str] | None = None) -> list[str]:
+        """Segment files of a day that its index does not list (a crash's partial segment, the one being written).
+
+        `indexed`, the names the index lists, spares reading it again when the caller has it.
+        """
         directory = self.day_dir(camera, day)
         try:
             names = {n for n in os.listdir(directory) if SEGMENT_RE.match(n)}
         except FileNotFoundError:
             return []
-        return sorted(names - {segment.name for segment in self.index(camera, day)})
+        if indexed is None:
+            indexed = {segment.name for segment in self.index(camera, day)}
+        return sorted(names - indexed)
 
 
 def spans(segments: list[Segment], tolerance: float) -> list[tuple[float, float]]:

@@ -24,14 +24,18 @@ def probe_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _logging(verbose: bool) -> None:
+def _logging(verbose: bool, timestamps: bool = False) -> None:
+    """Log lines on stderr; with `timestamps` (a log file, not the journal), each starts with its UTC time."""
     import logging
+    import time
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
+        format=("%(asctime)s " if timestamps else "") + "%(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%SZ",
         stream=sys.stderr,
     )
+    logging.Formatter.converter = time.gmtime
 
 
 def recorder_main(argv: list[str] | None = None) -> int:
@@ -62,13 +66,7 @@ def retention_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.now and not args.dry_run:
         parser.error("--now rehearses: it needs --dry-run (a real run only ever uses the real time)")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%SZ",
-        stream=sys.stderr,
-    )
-    logging.Formatter.converter = time.gmtime
+    _logging(args.verbose, timestamps=True)  # cron appends to a log file
     log = logging.getLogger("halfbridge.retention")
     clock = (lambda: args.now.timestamp()) if args.now else time.time
     try:

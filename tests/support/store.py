@@ -29,21 +29,16 @@ def build_store(
     """
     store = Store(root)
     duration = every if duration is None else duration
-    built: dict[tuple[str, dt.date], list[Segment]] = defaultdict(list)
-    starts = []
-    t = first
-    while t <= last:
-        starts.append(t)
-        t += every
+    # Every camera has the same segments: name and time them once, by day.
+    days: dict[dt.date, list[Segment]] = defaultdict(list)
+    start = first
+    while start <= last:
+        name = utc(start).strftime(SEGMENT_STRFTIME) + ".ts"
+        days[utc(start).date()].append(Segment(round(start, 3), round(start + duration, 3), len(payload), name))
+        start += every
+    built = {}
     for camera in cameras:
-        for start in starts:
-            name = utc(start).strftime(SEGMENT_STRFTIME) + ".ts"
-            built[camera, utc(start).date()].append(
-                Segment(round(start, 3), round(start + duration, 3), len(payload), name)
-            )
-        for (cam, day), segments in built.items():
-            if cam != camera:
-                continue
+        for day, segments in days.items():
             directory = store.day_dir(camera, day)
             directory.mkdir(parents=True, exist_ok=True)
             for segment in segments:
@@ -55,7 +50,8 @@ def build_store(
                     os.utime(directory / segment.name, (segment.end, segment.end))
             with (directory / "index.csv").open("a") as index:  # a day may be built in several calls
                 index.write("".join(s.line() for s in segments))
-    return dict(built)
+            built[camera, day] = list(segments)
+    return built
 
 
 def files(root: Path) -> set[str]:

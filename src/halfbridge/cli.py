@@ -119,6 +119,36 @@ def quotad_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def relay_main(argv: list[str] | None = None) -> int:
+    """halfbridge-relay CONFIG: serve live and recorded flows to the PP over HTTPS with client certificates."""
+    import asyncio
+    import contextlib
+    import signal
+
+    from halfbridge.relay import Relay, RelayConfig
+
+    parser = argparse.ArgumentParser(prog="halfbridge-relay", description=relay_main.__doc__)
+    parser.add_argument("config", help="the JSON configuration (see docs/relay.md)")
+    parser.add_argument("--verbose", action="store_true", help="debug messages too")
+    args = parser.parse_args(argv)
+    _logging(args.verbose)
+    relay = Relay(RelayConfig.load(args.config))
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):  # SIGTERM: open flows end, leases are released
+            await relay.serve()
+
+    try:
+        asyncio.run(main())
+    except (OSError, ValueError) as exc:  # a port taken, a certificate or key that cannot be read
+        raise SystemExit(f"halfbridge-relay: cannot start: {exc}") from None
+    return 0
+
+
 def _date(text: str):
     import datetime as dt
 

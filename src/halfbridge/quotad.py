@@ -240,6 +240,45 @@ class QuotaClient:
         return self.ask({"op": "list"})
 
 
+class AsyncQuotaClient:
+    """The same requests from an event loop (the relay): one connection per request, bounded by `timeout`."""
+
+    def __init__(self, path: str | os.PathLike, timeout: float = 2.0) -> None:
+        self.path, self.timeout = str(path), timeout
+
+    async def ask(self, request: dict) -> dict:
+        try:
+            async with asyncio.timeout(self.timeout):
+                reader, writer = await asyncio.open_unix_connection(self.path, limit=65536)
+                try:
+                    writer.write(_encode(request))
+                    await writer.drain()
+                    data = await reader.readline()
+                finally:
+                    writer.close()
+        except (OSError, TimeoutError) as exc:
+            reason = "no answer in time" if isinstance(exc, TimeoutError) else str(exc)
+            raise QuotaError(
+                f"the quota daemon at {self.path} cannot be reached ({reason}); no flow is admitted"
+            ) from None
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise QuotaError(f"the quota daemon at {self.path} gave no answer; no flow is admitted") from None
+
+    async def acquire(self, agent: str, camera: str, mode: str) -> dict:
+        return await self.ask({"op": "acquire", "agent": agent, "camera": camera, "mode": mode})
+
+    async def renew(self, lease: str) -> dict:
+        return await self.ask({"op": "renew", "lease": lease})
+
+    async def release(self, lease: str) -> dict:
+        return await self.ask({"op": "release", "lease": lease})
+
+    async def leases(self) -> dict:
+        return await self.ask({"op": "list"})
+
+
 def _bad(message: str) -> dict:
     return {"ok": False, "error": "bad_request", "message": message}
 

@@ -1,0 +1,645 @@
+"""The stream relay: live and recorded flows of SYN's cameras to the PP, at most 10 at once.
+
+An HTTPS service on the interconnect (aiohttp). Every request presents a client
+certificate; every flow holds a lease of the quota daemon for as long as the
+client reads, renewed every few seconds, and released when the flow ends (or
+left to expire if the relay dies). Live flows are the camera's stream remuxed
+by ffmpeg without transcoding; playback sends the recorded MPEG-TS bytes from
+the keyframe at or before the asked start (see `halfbridge.ts`). Every request,
+accepted or refused, and every flow's start and end go to the audit log.
+
+    GET /v1/cameras                                  the referential, with recording status
+    GET /v1/cameras/{id}/live                        MPEG-TS, one quota slot while open
+    GET /v1/cameras/{id}/recordings?from=&to=        recorded spans and gaps of a range
+    GET /v1/cameras/{id}/playback?from=&to=[&pace=fast]   MPEG-TS of a range, one slot while open
+    GET /v1/flows                                    the slots in use
+
+Errors are RFC 9457 problem+json with a sentence. Health and metrics listen on
+the management side, on another address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import datetime as dt
+import logging
+import os
+import signal
+import ssl
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from halfbridge.audit import AuditError, AuditLog
+from halfbridge.config import ConfigError, load_dataclass
+from halfbridge.media import ffconcat_text, live_command, redact, write_private
+from halfbridge.quotad import AsyncQuotaClient, QuotaError
+from halfbridge.store import CAMERA_ID_RE, Segment, Store, iso, spans
+from halfbridge.ts import TsError, end_offset, start_offset, tables
+
+log = logging.getLogger("halfbridge.relay")
+
+CHUNK = 65536
+# Real-time playback sends up to this many seconds of recording ahead of the clock.
+PACE_LEAD = 1.0
+PROBLEM = "application/problem+json"
+TS_TYPE = "video/mp2t"
+# ANSSI's TLS guide: forward secrecy and AEAD only (TLS 1.3 suites are all AEAD).
+CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+@dataclass
+class RelayConfig:
+    listen_host: str
+    listen_port: int
+    tls_certificate: Path
+    tls_key: Path
+    tls_client_ca: Path
+    store_root: Path
+    quotad_socket: Path
+    audit_log: Path
+    runtime_dir: Path
+    cameras: list[dict] = field(default_factory=list)  # id, name, site, url
+    management_host: str = "127.0.0.1"
+    management_port: int = 9108
+    retention_days: int = 10
+    max_range_seconds: int = 86400
+    segment_seconds: int = 60
+    rtsp_timeout: float = 10.0
+    renew_seconds: float = 5.0
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> RelayConfig:
+        paths = ("tls_certificate", "tls_key", "tls_client_ca", "store_root", "quotad_socket", "audit_log")
+        required = ("listen_host", "listen_port", *paths, "runtime_dir")
+        paths += ("runtime_dir",)
+        try:
+            config = load_dataclass(cls, path, required, paths)
+        except ConfigError as exc:
+            raise SystemExit(f"halfbridge-relay: {exc}") from None
+        for camera in config.cameras:
+            if not isinstance(camera, dict) or not camera.get("url") or not CAMERA_ID_RE.match(str(camera.get("id"))):
+                raise SystemExit(f"halfbridge-relay: {path}: every camera needs a valid id and a url: {camera!r}")
+        if not 1 <= config.retention_days <= 30 or config.max_range_seconds < 1 or config.renew_seconds <= 0:
+            raise SystemExit(
+                f"halfbridge-relay: {path}: retention_days must be 1 to 30, "
+                "max_range_seconds and renew_seconds positive"
+            )
+        return config
+
+
+class Problem(Exception):
+    """A refusal: its status, a short type and the sentence the client reads."""
+
+    def __init__(self, status: int, kind: str, detail: str, **extra) -> None:
+        super().__init__(detail)
+        self.status, self.kind, self.detail, self.extra = status, kind, detail, extra
+
+    def response(self) -> web.Response:
+        body = {
+            "type": f"urn:halfbridge:problem:{self.kind}",
+            "title": self.kind.replace("-", " "),
+            "status": self.status,
+            "detail": self.detail,
+            **self.extra,
+        }
+        return web.json_response(body, status=self.status, content_type=PROBLEM)
+
+
+def parse_time(name: str, text: str | None) -> float:
+    """An ISO 8601 time with its zone (`Z` or an offset); anything else is a 400 with the reason."""
+    if not text:
+        raise Problem(400, "malformed-request", f"`{name}` is missing: give an ISO 8601 time like 2026-11-29T14:00:00Z")
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise Problem(
+            400, "malformed-request", f"`{name}` is not an ISO 8601 time ({text[:40]!r}); e.g. 2026-11-29T14:00:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        raise Problem(
+            400,
+            "malformed-request",
+            f"`{name}` has no time zone ({text[:40]!r}): add Z for UTC or an offset such as +01:00",
+        )
+    return moment.timestamp()
+
+
+def identity(request: web.Request) -> dict:
+    """Who the client certificate says is asking (empty without one)."""
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    cert = ssl_object.getpeercert() if ssl_object is not None else None
+    if not cert:
+        return {}
+
+    def name(rdns) -> str:
+        return ",".join(f"{key}={value}" for rdn in rdns for key, value in rdn)
+
+    subject = {key: value for rdn in cert.get("subject", ()) for key, value in rdn}
+    return {
+        "agent": subject.get("commonName", name(cert.get("subject", ()))),
+        "subject": name(cert.get("subject", ())),
+        "issuer": name(cert.get("issuer", ())),
+        "serial": cert.get("serialNumber", ""),
+    }
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """ffmpeg children die with the relay, even when it is killed with SIGKILL."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Metrics:
+    requests: dict[int, int] = field(default_factory=dict)
+    refusals: dict[str, int] = field(default_factory=dict)
+    bytes: dict[str, int] = field(default_factory=lambda: {"live": 0, "playback": 0})
+    flows: dict[str, int] = field(default_factory=lambda: {"live": 0, "playback": 0})
+    durations: dict[str, list[float]] = field(default_factory=lambda: {"live": [0.0, 0], "playback": [0.0, 0]})
+
+
+class Relay:
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+        self.store = Store(config.store_root)
+        self.audit = AuditLog(config.audit_log)
+        self.quota = AsyncQuotaClient(config.quotad_socket)
+        self.cameras = {camera["id"]: camera for camera in config.cameras}
+        self.metrics = Metrics()
+        self.open_flows: dict[str, dict] = {}
+        self.started = time.time()
+
+    # -- set-up ------------------------------------------------------------
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(CIPHERS)
+        context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+        context.load_cert_chain(self.config.tls_certificate, self.config.tls_key)
+        context.load_verify_locations(cafile=self.config.tls_client_ca)
+        # A presented certificate must verify; a request without one gets a readable 403, not a bare reset.
+        context.verify_mode = ssl.CERT_OPTIONAL
+        return context
+
+    def write_playlists(self) -> None:
+        """One private ffconcat file per camera: the URL and its credentials stay off ffmpeg's command line."""
+        self.config.runtime_dir.mkdir(parents=True, exist_ok=True)
+        for camera_id, camera in self.cameras.items():
+            write_private(self._playlist(camera_id), ffconcat_text(camera["url"], self.config.rtsp_timeout))
+
+    def _playlist(self, camera_id: str) -> Path:
+        return self.config.runtime_dir / f"{camera_id}.ffconcat"
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard])
+        app.add_routes(
+            [
+                web.get("/v1/cameras", self.list_cameras),
+                web.get("/v1/cameras/{id}/live", self.live),
+                web.get("/v1/cameras/{id}/recordings", self.recordings),
+                web.get("/v1/cameras/{id}/playback", self.playback),
+                web.get("/v1/flows", self.flows),
+            ]
+        )
+        return app
+
+    def management_app(self) -> web.Application:
+        app = web.Application()
+        app.add_routes([web.get("/healthz", self.health), web.get("/metrics", self.prometheus)])
+        return app
+
+    # -- every request -----------------------------------------------------
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler) -> web.StreamResponse:
+        who = identity(request)
+        request["who"] = who
+        try:
+            if not who:
+                raise Problem(
+                    403,
+                    "client-certificate-required",
+                    "this service admits only designated agents: present your client certificate",
+                )
+            response = await handler(request)
+        except Problem as problem:
+            response = problem.response()
+            self._count_refusal(problem.kind)
+            await self._record(request, problem.status, reason=problem.detail)
+            return response
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            problem = Problem(
+                exc.status,
+                "not-found" if exc.status == 404 else "malformed-request",
+                f"{request.method} {request.path[:80]} is not part of this API (see /v1/cameras)"
+                if exc.status in (404, 405)
+                else exc.reason,
+            )
+            self._count_refusal(problem.kind)
+            await self._record(request, problem.status, reason=problem.detail)
+            return problem.response()
+        return response
+
+    async def _record(self, request: web.Request, status: int, **fields) -> None:
+        """The request's audit entry; a refusal that cannot be recorded is still refused (and logged)."""
+        self.metrics.requests[status] = self.metrics.requests.get(status, 0) + 1
+        try:
+            await self._audit("relay.request", request, status=status, **fields)
+        except AuditError as exc:
+            log.error("%s", exc)
+
+    async def _audit(self, event: str, request: web.Request, **fields) -> None:
+        who = request.get("who") or {}
+        peer = request.remote or ""
+        await asyncio.to_thread(
+            self.audit.append,
+            event,
+            peer=peer,
+            agent=who.get("agent", ""),
+            subject=who.get("subject", ""),
+            serial=who.get("serial", ""),
+            method=request.method,
+            path=request.path[:200],
+            query=request.query_string[:200],
+            **fields,
+        )
+
+    def _count_refusal(self, kind: str) -> None:
+        self.metrics.refusals[kind] = self.metrics.refusals.get(kind, 0) + 1
+
+    def _camera(self, request: web.Request) -> dict:
+        camera_id = request.match_info["id"]
+        if not CAMERA_ID_RE.match(camera_id):
+            raise Problem(
+                400,
+                "malformed-request",
+                "a camera id is 1 to 64 lower-case letters, digits, dashes and underscores (see /v1/cameras)",
+            )
+        camera = self.cameras.get(camera_id)
+        if camera is None:
+            raise Problem(404, "unknown-camera", f"there is no camera {camera_id} in the referential (see /v1/cameras)")
+        return camera
+
+    def _range(self, request: web.Request) -> tuple[float, float]:
+        start = parse_time("from", request.query.get("from"))
+        end = parse_time("to", request.query.get("to"))
+        now = time.time()
+        if start >= end:
+            raise Problem(400, "malformed-request", f"`from` ({iso(start)}) must be before `to` ({iso(end)})")
+        if end - start > self.config.max_range_seconds:
+            raise Problem(
+                400,
+                "range-too-long",
+                f"a range may last at most {self.config.max_range_seconds} s; this one lasts {end - start:.0f} s",
+            )
+        if end > now + 1:
+            raise Problem(400, "range-in-future", f"`to` ({iso(end)}) is in the future; it is now {iso(now)}")
+        oldest = now - self.config.retention_days * 86400
+        if start < oldest:
+            raise Problem(
+                410,
+                "older-than-retention",
+                f"recordings are kept {self.config.retention_days} days: nothing before {iso(oldest)} exists any more",
+            )
+        return start, end
+
+    # -- the referential and the recordings ----------------------------------
+
+    async def list_cameras(self, request: web.Request) -> web.Response:
+        now = time.time()
+        listed = []
+        for camera_id, camera in self.cameras.items():
+            last = await asyncio.to_thread(self._last_end, camera_id, now)
+            recording = last is not None and now - last <= 3 * self.config.segment_seconds
+            listed.append(
+                {
+                    "id": camera_id,
+                    "name": camera.get("name", ""),
+                    "site": camera.get("site", ""),
+                    "recording": recording,
+                    "last_recorded": iso(last),
+                }
+            )
+        await self._record(request, 200)
+        return web.json_response({"cameras": listed})
+
+    def _last_end(self, camera_id: str, now: float) -> float | None:
+        for day in reversed(self.store.days(camera_id)[-2:]):
+            segments = self.store.index(camera_id, day)
+            if segments:
+                return max(s.end for s in segments)
+        return None
+
+    def _segments(self, camera_id: str, start: float, end: float) -> list[Segment]:
+        return [segment for _day, segment in self.store.segments(camera_id, start, end)]
+
+    def _gaps(self, segments: list[Segment], start: float, end: float) -> tuple[list, list]:
+        tolerance = max(1.0, self.config.segment_seconds * 0.05)
+        found = [(max(a, start), min(b, end)) for a, b in spans(segments, tolerance)]
+        gaps, cursor = [], start
+        for a, b in found:
+            if a - cursor > tolerance:
+                gaps.append((cursor, a))
+            cursor = max(cursor, b)
+        if end - cursor > tolerance:
+            gaps.append((cursor, end))
+        return found, gaps
+
+    async def recordings(self, request: web.Request) -> web.Response:
+        camera = self._camera(request)
+        start, end = self._range(request)
+        segments = await asyncio.to_thread(self._segments, camera["id"], start, end)
+        found, gaps = self._gaps(segments, start, end)
+        await self._record(request, 200, camera=camera["id"], range=[iso(start), iso(end)])
+        return web.json_response(
+            {
+                "camera": camera["id"],
+                "from": iso(start),
+                "to": iso(end),
+                "spans": [{"from": iso(a), "to": iso(b)} for a, b in found],
+                "gaps": [{"from": iso(a), "to": iso(b)} for a, b in gaps],
+                "recorded_seconds": round(sum(b - a for a, b in found), 3),
+            }
+        )
+
+    async def flows(self, request: web.Request) -> web.Response:
+        try:
+            answer = await self.quota.leases()
+        except QuotaError as exc:
+            raise Problem(503, "quota-daemon-unreachable", str(exc)) from None
+        await self._record(request, 200)
+        flows = [{key: lease.get(key) for key in ("agent", "camera", "mode", "since")} for lease in answer["leases"]]
+        return web.json_response({"in_use": answer.get("in_use"), "limit": answer.get("limit"), "flows": flows})
+
+    # -- flows -------------------------------------------------------------
+
+    async def live(self, request: web.Request) -> web.StreamResponse:
+        camera = self._camera(request)
+        return await self._flow(request, camera, "live", {}, self._live_source(camera))
+
+    async def playback(self, request: web.Request) -> web.StreamResponse:
+        camera = self._camera(request)
+        start, end = self._range(request)
+        pace = request.query.get("pace", "realtime")
+        if pace not in ("realtime", "fast"):
+            raise Problem(400, "malformed-request", "`pace` is realtime (the default) or fast (for an export)")
+        segments = await asyncio.to_thread(self._segments, camera["id"], start, end)
+        if not segments:
+            raise Problem(
+                404, "no-recording", f"camera {camera['id']} recorded nothing from {iso(start)} to {iso(end)}"
+            )
+        found, gaps = self._gaps(segments, start, end)
+        headers = {
+            "X-Halfbridge-Spans": ", ".join(f"{iso(a)}/{iso(b)}" for a, b in found),
+            "X-Halfbridge-Gaps": ", ".join(f"{iso(a)}/{iso(b)}" for a, b in gaps) or "none",
+        }
+        fields = {"range": [iso(start), iso(end)], "pace": pace, "gaps": len(gaps)}
+        source = self._recorded_source(camera["id"], segments, start, end, pace == "realtime")
+        return await self._flow(request, camera, "playback", fields, source, headers)
+
+    async def _flow(self, request, camera, mode, fields, source, headers=None) -> web.StreamResponse:
+        who = request["who"]
+        try:
+            granted = await self.quota.acquire(who["agent"], camera["id"], mode)
+        except QuotaError as exc:
+            with contextlib.suppress(Exception):
+                await source.aclose()
+            raise Problem(503, "quota-daemon-unreachable", str(exc)) from None
+        if not granted.get("ok"):
+            await source.aclose()
+            if granted.get("error") == "quota_full":
+                limit = granted.get("limit")
+                raise Problem(429, "quota-full", granted.get("message", ""), in_use=granted.get("in_use"), limit=limit)
+            raise Problem(503, "quota-refused", f"the quota daemon refused the flow: {granted.get('message')}")
+        lease = granted["lease"]
+        started, sent = time.monotonic(), 0
+        response = None
+        renewer = asyncio.create_task(self._renew(lease))
+        self.open_flows[lease] = {"camera": camera["id"], "mode": mode, "agent": who["agent"]}
+        ended = "the client went away"
+        try:
+            try:
+                await self._audit("flow.start", request, camera=camera["id"], mode=mode, lease=lease, **fields)
+            except AuditError as exc:
+                raise Problem(503, "audit-unavailable", f"{exc}; no flow starts without its audit entry") from None
+            self.metrics.flows[mode] += 1
+            async for chunk in source:
+                if response is None:
+                    response = web.StreamResponse(
+                        headers={"Content-Type": TS_TYPE, "Cache-Control": "no-store", **(headers or {})}
+                    )
+                    await response.prepare(request)
+                if renewer.done():
+                    ended = renewer.result()
+                    break
+                try:
+                    await response.write(chunk)
+                except ConnectionError:
+                    break  # the client went away: the flow ends here
+                sent += len(chunk)
+                self.metrics.bytes[mode] += len(chunk)
+            else:
+                ended = "the stream ended"
+            if response is None:
+                raise Problem(
+                    502, "camera-unavailable", f"camera {camera['id']} sent nothing: it may be down (see /v1/cameras)"
+                )
+            with contextlib.suppress(ConnectionError):
+                await response.write_eof()
+            return response
+        except Problem as problem:
+            ended = problem.detail
+            raise
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(Exception):
+                await source.aclose()
+            self.open_flows.pop(lease, None)
+            duration = time.monotonic() - started
+            self.metrics.durations[mode][0] += duration
+            self.metrics.durations[mode][1] += 1
+            with contextlib.suppress(QuotaError):
+                await self.quota.release(lease)
+            try:
+                await self._audit(
+                    "flow.end",
+                    request,
+                    camera=camera["id"],
+                    mode=mode,
+                    lease=lease,
+                    bytes=sent,
+                    seconds=round(duration, 3),
+                    ended=ended,
+                    **fields,
+                )
+            except AuditError as exc:
+                log.error("%s", exc)
+            log.info(
+                "%s flow of %s on %s ended after %.1f s, %d bytes: %s",
+                mode,
+                who["agent"],
+                camera["id"],
+                duration,
+                sent,
+                ended,
+            )
+
+    async def _renew(self, lease: str) -> str:
+        """Renew the lease until cancelled; returns why the flow must stop if it cannot."""
+        while True:
+            await asyncio.sleep(self.config.renew_seconds)
+            try:
+                answer = await self.quota.renew(lease)
+            except QuotaError as exc:
+                log.error("%s", exc)
+                return "the quota daemon could not renew the flow's lease"
+            if not answer.get("ok"):
+                return f"the flow's lease was lost ({answer.get('message')})"
+
+    async def _live_source(self, camera: dict):
+        """The camera's stream remuxed by ffmpeg; ffmpeg is always reaped."""
+        process = await asyncio.create_subprocess_exec(
+            *live_command(str(self._playlist(camera["id"]))),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent,
+        )
+        try:
+            while chunk := await process.stdout.read(CHUNK):
+                yield chunk
+        finally:
+            if process.returncode is None:
+                process.kill()
+            stderr = await process.stderr.read()
+            await process.wait()
+            if stderr.strip() and process.returncode not in (0, -signal.SIGKILL):
+                reason = stderr.decode("utf-8", "replace").replace(camera["url"], redact(camera["url"]))
+                log.warning("live %s: ffmpeg: %s", camera["id"], reason.strip().splitlines()[-1])
+
+    async def _recorded_source(self, camera_id: str, segments: list[Segment], start: float, end: float, realtime: bool):
+        """The recorded bytes of [start, end): the first segment from its keyframe at or before `start`.
+
+        Paced at each segment's own bitrate (bytes over its duration) unless `realtime` is false.
+        """
+        began = time.monotonic()
+        sent_seconds = 0.0
+        first = True
+        for segment in segments:
+            path = self.store.segment_path(camera_id, segment.name)
+            try:
+                data = await asyncio.to_thread(path.read_bytes)
+            except FileNotFoundError:
+                log.warning("playback %s: %s is gone (destroyed by retention?), skipped", camera_id, segment.name)
+                continue
+            try:
+                head = start_offset(data, start - segment.start) if segment.start < start else 0
+                tail = end_offset(data, end - segment.start) if segment.end > end else len(data)
+                prefix = tables(data) if first and head else b""
+            except TsError as exc:
+                log.warning("playback %s: %s is not readable MPEG-TS (%s), skipped", camera_id, segment.name, exc)
+                continue
+            first = False
+            body = memoryview(data)[head:tail]
+            rate = segment.size / segment.duration if realtime and segment.duration > 0 and segment.size else 0
+            if prefix:
+                yield prefix
+            for offset in range(0, len(body), CHUNK):
+                chunk = bytes(body[offset : offset + CHUNK])
+                yield chunk
+                if rate:  # the client's buffer stays at most PACE_LEAD seconds ahead of the recording
+                    sent_seconds += len(chunk) / rate
+                    ahead = began + sent_seconds - PACE_LEAD - time.monotonic()
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+
+    # -- management side ---------------------------------------------------
+
+    async def health(self, _request: web.Request) -> web.Response:
+        problems = []
+        try:
+            answer = await self.quota.leases()
+        except QuotaError as exc:
+            problems.append(str(exc))
+            answer = {}
+        if not self.config.store_root.is_dir():
+            problems.append(f"the store {self.config.store_root} is missing")
+        body = {
+            "status": "fail" if problems else "pass",
+            "problems": problems,
+            "flows": answer.get("in_use"),
+            "limit": answer.get("limit"),
+        }
+        return web.json_response(body, status=503 if problems else 200)
+
+    async def prometheus(self, _request: web.Request) -> web.Response:
+        try:
+            answer = await self.quota.leases()
+            in_use, limit, up = answer.get("in_use", 0), answer.get("limit", 0), 1
+        except QuotaError:
+            in_use, limit, up = 0, 0, 0
+        m = self.metrics
+        lines = [
+            "# HELP halfbridge_quota_up 1 when the quota daemon answers.",
+            "# TYPE halfbridge_quota_up gauge",
+            f"halfbridge_quota_up {up}",
+            "# HELP halfbridge_flows_in_use Quota slots in use (all relays).",
+            "# TYPE halfbridge_flows_in_use gauge",
+            f"halfbridge_flows_in_use {in_use}",
+            "# HELP halfbridge_flows_limit Simultaneous flows the convention allows.",
+            "# TYPE halfbridge_flows_limit gauge",
+            f"halfbridge_flows_limit {limit}",
+            "# HELP halfbridge_relay_requests_total Requests answered, by status.",
+            "# TYPE halfbridge_relay_requests_total counter",
+            *(f'halfbridge_relay_requests_total{{status="{k}"}} {v}' for k, v in sorted(m.requests.items())),
+            "# HELP halfbridge_relay_refusals_total Requests refused, by reason.",
+            "# TYPE halfbridge_relay_refusals_total counter",
+            *(f'halfbridge_relay_refusals_total{{reason="{k}"}} {v}' for k, v in sorted(m.refusals.items())),
+            "# HELP halfbridge_relay_flows_total Flows started, by mode.",
+            "# TYPE halfbridge_relay_flows_total counter",
+            *(f'halfbridge_relay_flows_total{{mode="{k}"}} {v}' for k, v in m.flows.items()),
+            "# HELP halfbridge_relay_bytes_total Bytes sent, by mode.",
+            "# TYPE halfbridge_relay_bytes_total counter",
+            *(f'halfbridge_relay_bytes_total{{mode="{k}"}} {v}' for k, v in m.bytes.items()),
+            "# HELP halfbridge_relay_flow_seconds Durations of ended flows, by mode.",
+            "# TYPE halfbridge_relay_flow_seconds summary",
+            *(f'halfbridge_relay_flow_seconds_sum{{mode="{k}"}} {v[0]:.3f}' for k, v in m.durations.items()),
+            *(f'halfbridge_relay_flow_seconds_count{{mode="{k}"}} {v[1]}' for k, v in m.durations.items()),
+        ]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")
+
+    # -- running -----------------------------------------------------------
+
+    async def serve(self, ready: asyncio.Event | None = None) -> None:
+        self.write_playlists()
+        runners = []
+        try:
+            for app, host, port, context in (
+                (self.app(), self.config.listen_host, self.config.listen_port, self.ssl_context()),
+                (self.management_app(), self.config.management_host, self.config.management_port, None),
+            ):
+                runner = web.AppRunner(app, access_log=None, handle_signals=False)
+                await runner.setup()
+                runners.append(runner)
+                await web.TCPSite(runner, host, port, ssl_context=context, shutdown_timeout=2).start()
+            log.info(
+                "relay: %d camera(s) on https://%s:%d, health and metrics on http://%s:%d",
+                len(self.cameras),
+                self.config.listen_host,
+                self.config.listen_port,
+                self.config.management_host,
+                self.config.management_port,
+            )
+            if ready is not None:
+                ready.set()
+            await asyncio.Event().wait()
+        finally:
+            for runner in reversed(runners):
+                await runner.cleanup()

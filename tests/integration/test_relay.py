@@ -1,0 +1,298 @@
+"""The relay against the real quota daemon, a simulated camera and a store of real segments."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import datetime as dt
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.parse
+
+import pytest
+
+from halfbridge.audit import verify
+from halfbridge.quotad import QuotaClient
+from halfbridge.store import SEGMENT_STRFTIME, Segment, Store, utc
+from tests.support.relay import RelayLab
+from tests.support.waiting import wait_for
+
+RECORDED = "rec-test-01"
+SEGMENT = 2.0
+# The recorded segments' grey levels, in order; a gap after the third.
+LEVELS = [40, 80, 120, 160, 200, 240]
+GAP_AFTER = 2
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """One 2-second clip per grey level, a keyframe every second, each muxed as the recorder does."""
+    directory = tmp_path_factory.mktemp("clips")
+    paths = []
+    for level in LEVELS:
+        path = directory / f"{level}.ts"
+        colour = f"0x{level:02x}{level:02x}{level:02x}"
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"color=c={colour}:size=64x36:rate=25", "-t", "2",
+             "-c:v", "libx264", "-g", "25", "-keyint_min", "25", "-sc_threshold", "0", "-f", "mpegts", str(path)],
+            check=True, timeout=60,
+        )  # fmt: skip
+        paths.append(path)
+    return paths
+
+
+def _put_segments(store_root, clips, first: float) -> list[Segment]:
+    """The clips as segments of RECORDED from `first`, 2 s each, a 6-second hole after the third."""
+    store = Store(store_root)
+    made, start = [], first
+    for i, clip in enumerate(clips):
+        name = utc(start).strftime(SEGMENT_STRFTIME) + ".ts"
+        segment = Segment(round(start, 3), round(start + SEGMENT, 3), clip.stat().st_size, name)
+        path = store.segment_path(RECORDED, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(clip, path)
+        store.append(RECORDED, utc(start).date(), segment)
+        made.append(segment)
+        start += SEGMENT + (6 if i == GAP_AFTER else 0)
+    return made
+
+
+@pytest.fixture
+def lab(tmp_path, camera, clips):
+    cameras = [
+        {"id": camera.id, "name": "Simulated", "site": "Test", "url": camera.url},
+        {"id": RECORDED, "name": "Recorded", "site": "Test", "url": "rtsp://127.0.0.1:9/none"},
+    ]
+    relay = RelayLab(tmp_path, cameras)
+    relay.segments = _put_segments(relay.store, clips, time.time() - 600)
+    relay.start()
+    yield relay
+    relay.stop()
+
+
+def when(ts: float) -> str:
+    return urllib.parse.quote(dt.datetime.fromtimestamp(ts, dt.UTC).isoformat())
+
+
+def grey_levels(data: bytes) -> list[int]:
+    """The mean grey level of every decoded frame of an MPEG-TS stream."""
+    done = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", "pipe:0", "-vf", "scale=1:1", "-f", "rawvideo", "-pix_fmt", "gray", "pipe:1"],
+        input=data, capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    return list(done.stdout)
+
+
+def level_of(grey: int) -> int:
+    return min(LEVELS, key=lambda level: abs(level - grey))
+
+
+def refusals(lab: RelayLab) -> list[dict]:
+    return [e for e in lab.audit() if e["event"] == "relay.request" and e["status"] >= 400]
+
+
+# -- live ----------------------------------------------------------------------------
+
+
+def test_live_flow_yields_h264_at_once_and_frees_its_slot(lab, camera):
+    response = lab.open(f"/v1/cameras/{camera.id}/live")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "video/mp2t"
+    data = b""
+    while len(data) < 150_000:
+        data += response.read1(65536)
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,width,height", "-of", "csv=p=0", "pipe:0"],
+        input=data, capture_output=True, timeout=30, check=True,
+    )  # fmt: skip
+    assert probe.stdout.decode().strip().startswith("h264,640,360")
+    assert QuotaClient(lab.socket).leases()["in_use"] == 1
+    response.close()
+    wait_for(lambda: QuotaClient(lab.socket).leases()["in_use"] == 0, 10, "the live flow's slot to be released")
+    end = wait_for(lambda: [e for e in lab.audit() if e["event"] == "flow.end"], 10, "the flow.end entry")[0]
+    assert end["mode"] == "live" and end["agent"] == "agent-dupont" and end["bytes"] >= 150_000
+    # ffmpeg was reaped: no child of the relay is left.
+    children = subprocess.run(["pgrep", "-P", str(lab.relay.pid)], capture_output=True, text=True).stdout.split()
+    assert children == []
+
+
+# -- recordings and playback -----------------------------------------------------------
+
+
+def test_recordings_show_spans_and_the_gap(lab):
+    first, last = lab.segments[0], lab.segments[-1]
+    answer = lab.get(f"/v1/cameras/{RECORDED}/recordings?from={when(first.start - 10)}&to={when(last.end + 10)}")
+    assert answer.status == 200, answer.body
+    body = answer.json()
+    assert len(body["spans"]) == 2
+    hole_start, hole_end = lab.segments[GAP_AFTER].end, lab.segments[GAP_AFTER + 1].start
+    inner = [g for g in body["gaps"] if g["from"] != body["from"] and g["to"] != body["to"]]
+    assert [(g["from"], g["to"]) for g in inner] == [
+        (utc(hole_start).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+         utc(hole_end).isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+    ]  # fmt: skip
+    assert body["recorded_seconds"] == pytest.approx(SEGMENT * len(LEVELS))
+
+
+def test_playback_starts_at_the_keyframe_before_the_asked_start(lab):
+    # From 1.5 s into the second segment (a keyframe every second) to the middle of the fifth.
+    second = lab.segments[1]
+    start, end = second.start + 1.5, lab.segments[4].start + 1.0
+    response = lab.open(f"/v1/cameras/{RECORDED}/playback?from={when(start)}&to={when(end)}&pace=fast")
+    assert response.status == 200
+    assert response.headers["X-Halfbridge-Gaps"] != "none"
+    data = response.read()
+    levels = [level_of(g) for g in grey_levels(data)]
+    # The keyframe at 1 s of the second segment: 25 frames of it, all of the third, the fourth's first second.
+    assert levels[0] == LEVELS[1]
+    assert levels.count(LEVELS[1]) == 25
+    assert levels.count(LEVELS[2]) == 50
+    assert levels.count(LEVELS[0]) == 0 and levels.count(LEVELS[5]) == 0
+    assert LEVELS[3] in levels
+
+
+def test_playback_paces_at_real_time_by_default(lab):
+    first = lab.segments[3]
+    began = time.monotonic()
+    answer = lab.get(f"/v1/cameras/{RECORDED}/playback?from={when(first.start)}&to={when(first.end + 2)}")
+    elapsed = time.monotonic() - began
+    assert answer.status == 200
+    assert set(map(level_of, grey_levels(answer.body))) == {LEVELS[3], LEVELS[4]}
+    assert elapsed >= 4.0 - 1.0  # 4 s of recording, sent at most a second ahead
+
+
+# -- quota ----------------------------------------------------------------------------
+
+
+def _long_playback(lab) -> str:
+    first, last = lab.segments[0], lab.segments[-1]
+    return f"/v1/cameras/{RECORDED}/playback?from={when(first.start)}&to={when(last.end)}"
+
+
+def test_the_eleventh_flow_is_refused_and_a_freed_slot_admits_one(lab):
+    flows = [lab.open(_long_playback(lab)) for _ in range(10)]
+    try:
+        assert [f.status for f in flows] == [200] * 10
+        refused = lab.get(_long_playback(lab))
+        assert refused.status == 429
+        assert refused.headers["Content-Type"].startswith("application/problem+json")
+        body = refused.json()
+        assert "all 10 of 10 simultaneous flows" in body["detail"]
+        assert "agent-dupont" not in refused.body.decode()  # nothing personal in the refusal
+        flows.pop().close()
+        admitted = wait_for(
+            lambda: (r := lab.open(_long_playback(lab))).status == 200 and r or r.close(), 15, "a freed slot"
+        )
+        flows.append(admitted)
+    finally:
+        for flow in flows:
+            flow.close()
+    assert any(e["status"] == 429 for e in refusals(lab))
+
+
+def test_a_hundred_concurrent_requests_admit_exactly_ten(lab):
+    def ask(_):
+        response = lab.open(_long_playback(lab))
+        return response
+
+    with concurrent.futures.ThreadPoolExecutor(100) as pool:
+        responses = list(pool.map(ask, range(100)))
+    try:
+        statuses = sorted(r.status for r in responses)
+        assert statuses.count(200) == 10
+        assert statuses.count(429) == 90
+        assert QuotaClient(lab.socket).leases()["in_use"] == 10
+    finally:
+        for response in responses:
+            response.close()
+
+
+def test_a_killed_relay_frees_every_slot_within_the_lease_ttl(lab, camera):
+    flows = [lab.open(_long_playback(lab)) for _ in range(3)] + [lab.open(f"/v1/cameras/{camera.id}/live")]
+    assert [f.status for f in flows] == [200] * 4
+    flows[-1].read(10_000)  # the live flow's ffmpeg runs
+    children = subprocess.run(["pgrep", "-P", str(lab.relay.pid)], capture_output=True, text=True).stdout.split()
+    assert children
+    assert QuotaClient(lab.socket).leases()["in_use"] == 4
+    lab.relay.send_signal(signal.SIGKILL)
+    lab.relay.wait()
+    killed = time.monotonic()
+    wait_for(lambda: QuotaClient(lab.socket).leases()["in_use"] == 0, 10, "the dead relay's leases to expire")
+    assert time.monotonic() - killed <= 3.0 + 1.5  # the lease TTL, and the daemon's sweep
+    # Its ffmpeg died with it.
+    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in children), 5, "the orphaned ffmpeg to die")
+    for flow in flows:
+        flow.close()
+
+
+def test_without_the_quota_daemon_no_flow_is_admitted(lab):
+    lab.quotad.send_signal(signal.SIGTERM)
+    lab.quotad.wait()
+    answer = lab.get(_long_playback(lab))
+    assert answer.status == 503
+    assert "no flow is admitted" in answer.json()["detail"]
+    assert lab.management("/healthz").status == 503
+
+
+# -- bad input ---------------------------------------------------------------------
+
+
+def _bad_requests(lab):
+    now = time.time()
+    seg = lab.segments[0]
+    ok_from, ok_to = when(seg.start), when(seg.end)
+    base = f"/v1/cameras/{RECORDED}/playback"
+    return [
+        ("unknown camera", "/v1/cameras/cam-nowhere-99/live", 404, "no camera cam-nowhere-99"),
+        ("dot-dot id", "/v1/cameras/..%2F..%2Fetc/live", 400, "camera id is"),
+        ("NUL in id", "/v1/cameras/cam%00x/live", 400, "camera id is"),
+        ("from after to", f"{base}?from={ok_to}&to={ok_from}", 400, "must be before"),
+        ("malformed date", f"{base}?from=yesterday&to={ok_to}", 400, "not an ISO 8601 time"),
+        ("zoneless date", f"{base}?from=2026-11-29T10:00:00&to={ok_to}", 400, "no time zone"),
+        ("before retention", f"{base}?from={when(now - 11 * 86400)}&to={when(now - 11 * 86400 + 60)}", 410, "kept 10"),
+        ("in the future", f"{base}?from={when(now + 60)}&to={when(now + 120)}", 400, "in the future"),
+        ("too long", f"{base}?from={when(now - 2 * 86400)}&to={when(now - 3600)}", 400, "at most 86400 s"),
+        ("missing to", f"{base}?from={ok_from}", 400, "`to` is missing"),
+        ("bad pace", f"{base}?from={ok_from}&to={ok_to}&pace=warp", 400, "`pace`"),
+        ("unknown path", "/v1/secrets", 404, "not part of this API"),
+    ]
+
+
+def test_bad_input_gets_the_right_4xx_with_a_sentence_and_an_audit_entry(lab):
+    cases = _bad_requests(lab)
+    for what, path, status, sentence in cases:
+        answer = lab.get(path)
+        assert answer.status == status, (what, answer.body)
+        assert answer.headers["Content-Type"].startswith("application/problem+json"), what
+        assert sentence in answer.json()["detail"], (what, answer.json())
+    logged = refusals(lab)
+    assert [e["status"] for e in logged] == [status for _w, _p, status, _s in cases]
+    assert all(e["agent"] == "agent-dupont" and e["reason"] for e in logged)
+
+
+def test_without_a_client_certificate_the_answer_is_403(lab):
+    answer = lab.get("/v1/cameras", certificate=False)
+    assert answer.status == 403
+    assert "present your client certificate" in answer.json()["detail"]
+    entry = refusals(lab)[-1]
+    assert entry["status"] == 403 and entry["agent"] == "" and entry["peer"] == "127.0.0.1"
+
+
+def test_cameras_flows_metrics_and_an_intact_audit_chain(lab, camera):
+    cameras = {c["id"]: c for c in lab.get("/v1/cameras").json()["cameras"]}
+    assert cameras[RECORDED]["recording"] is False  # its last segment ended minutes ago
+    assert set(cameras) == {camera.id, RECORDED}
+    flow = lab.open(_long_playback(lab))
+    try:
+        flows = lab.get("/v1/flows").json()
+        assert flows["in_use"] == 1 and flows["limit"] == 10
+        assert flows["flows"][0]["camera"] == RECORDED and flows["flows"][0]["mode"] == "playback"
+        metrics = lab.management("/metrics").body.decode()
+        assert "halfbridge_flows_in_use 1" in metrics
+        assert "halfbridge_quota_up 1" in metrics
+    finally:
+        flow.close()
+    assert lab.management("/healthz").json()["status"] == "pass"
+    assert verify([lab.audit_log], lab.audit_log.with_name("audit.log.head")).ok

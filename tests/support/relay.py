@@ -1,0 +1,154 @@
+"""The relay and the quota daemon run as the services do, on loopback, with a test CA."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.camera import free_port
+from tests.support.pki import TestCA
+
+BIN = Path(sys.executable).parent
+
+
+def _wait_port(port: int, process: subprocess.Popen, what: str, log: Path) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}: {log.read_text()[-2000:]}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port}: {log.read_text()[-2000:]}")
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict
+    body: bytes
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+class RelayLab:
+    """A quota daemon and a relay in `workdir`; `cameras` are the relay's referential."""
+
+    def __init__(self, workdir: Path, cameras: list[dict], limit: int = 10, ttl: float = 3.0, **settings) -> None:
+        self.workdir = workdir
+        self.ca = TestCA(workdir)
+        self.server_cert, self.server_key = self.ca.issue("relay", server=True, addresses=("127.0.0.1",))
+        self.client_cert, self.client_key = self.ca.issue("agent-dupont")
+        self.port, self.management_port = free_port(), free_port()
+        self.store = workdir / "store"
+        self.store.mkdir(exist_ok=True)
+        self.audit_log = workdir / "audit.log"
+        self.socket = workdir / "quotad.sock"
+        self.quotad_config = workdir / "quotad.json"
+        self.quotad_config.write_text(json.dumps({"socket": str(self.socket), "limit": limit, "ttl": ttl}))
+        self.config = workdir / "relay.json"
+        self.config.write_text(
+            json.dumps(
+                {
+                    "listen_host": "127.0.0.1",
+                    "listen_port": self.port,
+                    "management_host": "127.0.0.1",
+                    "management_port": self.management_port,
+                    "tls_certificate": str(self.server_cert),
+                    "tls_key": str(self.server_key),
+                    "tls_client_ca": str(self.ca.path),
+                    "store_root": str(self.store),
+                    "quotad_socket": str(self.socket),
+                    "audit_log": str(self.audit_log),
+                    "runtime_dir": str(workdir / "run"),
+                    "cameras": cameras,
+                    "renew_seconds": 1,
+                    "segment_seconds": 2,
+                    **settings,
+                }
+            )
+        )
+        self.quotad: subprocess.Popen | None = None
+        self.relay: subprocess.Popen | None = None
+
+    def start_quotad(self) -> None:
+        log = self.workdir / "quotad.log"
+        self.quotad = subprocess.Popen(
+            [str(BIN / "halfbridge-quotad"), str(self.quotad_config)], stderr=log.open("ab"), stdout=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 20
+        while not self.socket.exists():
+            if time.monotonic() > deadline or self.quotad.poll() is not None:
+                raise RuntimeError(f"the quota daemon did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
+
+    def start_relay(self) -> None:
+        log = self.workdir / "relay.log"
+        self.relay = subprocess.Popen(
+            [str(BIN / "halfbridge-relay"), str(self.config)],
+            stderr=log.open("ab"),
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"},
+        )
+        _wait_port(self.port, self.relay, "the relay", log)
+
+    def start(self) -> RelayLab:
+        self.start_quotad()
+        self.start_relay()
+        return self
+
+    def stop(self) -> None:
+        for process in (self.relay, self.quotad):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+    # -- a PP client ---------------------------------------------------------
+
+    def context(self, certificate: bool = True) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca.path))
+        if certificate:
+            context.load_cert_chain(self.client_cert, self.client_key)
+        return context
+
+    def connect(self, certificate: bool = True, timeout: float = 20) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context(certificate), timeout=timeout)
+
+    def open(self, path: str, certificate: bool = True) -> http.client.HTTPResponse:
+        """A request whose body is left to read (a flow); close the response to end the flow."""
+        connection = self.connect(certificate)
+        connection.request("GET", path)
+        return connection.getresponse()
+
+    def get(self, path: str, certificate: bool = True) -> Answer:
+        response = self.open(path, certificate)
+        try:
+            return Answer(response.status, dict(response.headers), response.read())
+        finally:
+            response.close()
+
+    def management(self, path: str) -> Answer:
+        connection = http.client.HTTPConnection("127.0.0.1", self.management_port, timeout=10)
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return Answer(response.status, dict(response.headers), response.read())
+
+    def audit(self) -> list[dict]:
+        if not self.audit_log.exists():
+            return []
+        return [json.loads(line) for line in self.audit_log.read_text().splitlines()]

@@ -111,3 +111,16 @@ def test_malformed_dates_are_refused_with_the_expected_form(bad):
 def test_a_term_that_is_not_a_positive_whole_number_is_refused(term):
     with pytest.raises(AnsibleFilterError, match="term_years must be a whole number"):
         cal.convention_calendar({**CONVENTION, "term_years": term}, "2026-01-01")
+
+
+def test_camera_url_puts_the_account_in_percent_encoded():
+    camera = load("halfbridge_camera").camera_url
+    assert camera({"rtsp_url": "rtsp://198.18.10.20:8554/stream", "username": "rec", "password": "p@ss/w:rd"}) == (
+        "rtsp://rec:p%40ss%2Fw%3Ard@198.18.10.20:8554/stream"
+    )
+    assert camera({"rtsp_url": "rtsp://old:x@cam.example:554/a?b=1", "username": "new", "password": "y"}) == (
+        "rtsp://new:y@cam.example:554/a?b=1"
+    )
+    assert camera({"rtsp_url": "rtsp://cam.example/a"}) == "rtsp://cam.example/a"
+    with pytest.raises(AnsibleFilterError, match="not an RTSP URL"):
+        camera({"id": "c1", "rtsp_url": "http://cam.example/a"})

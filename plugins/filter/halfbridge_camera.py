@@ -1,0 +1,48 @@
+"""The camera URL a daemon opens: the referential's RTSP URL with its account put in.
+
+The recorder and the relay each get it in a configuration file only their
+service account reads; the referential keeps URL and credentials apart (the
+password lives in the vault).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from ansible.errors import AnsibleFilterError
+
+DOCUMENTATION = r"""
+name: halfbridge_camera_url
+short_description: A camera's RTSP URL with its username and password, percent-encoded
+description:
+  - Takes one camera of C(halfbridge_cameras) (C(rtsp_url), optional C(username) and C(password))
+    and returns C(rtsp://user:password@host:port/path), any account already in the URL replaced.
+  - C(halfbridge_relay_camera) gives the relay's view of a camera (id, name, site, url with its account).
+"""
+
+
+def camera_url(camera: Mapping) -> str:
+    if not isinstance(camera, Mapping) or not camera.get("rtsp_url"):
+        raise AnsibleFilterError(
+            f"a camera needs an rtsp_url: {camera.get('id') if isinstance(camera, Mapping) else camera}"
+        )
+    parts = urlsplit(str(camera["rtsp_url"]))
+    if parts.scheme not in ("rtsp", "rtsps") or not parts.hostname:
+        raise AnsibleFilterError(f"camera {camera.get('id')}: {parts.scheme}://{parts.hostname} is not an RTSP URL")
+    host = parts.netloc.rpartition("@")[2]
+    username, password = str(camera.get("username") or ""), str(camera.get("password") or "")
+    if username:
+        host = f"{quote(username, safe='')}:{quote(password, safe='')}@{host}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
+
+
+def relay_camera(camera: Mapping) -> dict:
+    """What the relay's configuration says of a camera: its id, name, site and URL with its account."""
+    url = camera_url(camera)
+    return {"id": camera.get("id"), "name": camera.get("name", ""), "site": camera.get("site", ""), "url": url}
+
+
+class FilterModule:
+    def filters(self) -> dict:
+        return {"halfbridge_camera_url": camera_url, "halfbridge_relay_camera": relay_camera}

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
-import os
 import shutil
 import signal
 import subprocess
 import time
 import urllib.parse
+from pathlib import Path
 
 import pytest
 
@@ -182,10 +182,15 @@ def test_the_eleventh_flow_is_refused_and_a_freed_slot_admits_one(lab):
         assert "all 10 of 10 simultaneous flows" in body["detail"]
         assert "agent-dupont" not in refused.body.decode()  # nothing personal in the refusal
         flows.pop().close()
-        admitted = wait_for(
-            lambda: (r := lab.open(_long_playback(lab))).status == 200 and r or r.close(), 15, "a freed slot"
-        )
-        flows.append(admitted)
+
+        def admitted():
+            response = lab.open(_long_playback(lab))
+            if response.status == 200:
+                return response
+            response.close()
+            return None
+
+        flows.append(wait_for(admitted, 15, "a freed slot to admit a new flow"))
     finally:
         for flow in flows:
             flow.close()
@@ -222,7 +227,7 @@ def test_a_killed_relay_frees_every_slot_within_the_lease_ttl(lab, camera):
     wait_for(lambda: QuotaClient(lab.socket).leases()["in_use"] == 0, 10, "the dead relay's leases to expire")
     assert time.monotonic() - killed <= 3.0 + 1.5  # the lease TTL, and the daemon's sweep
     # Its ffmpeg died with it.
-    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in children), 5, "the orphaned ffmpeg to die")
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), 5, "the orphaned ffmpeg to die")
     for flow in flows:
         flow.close()
 

@@ -60,8 +60,7 @@ class TestCA:
         cert = builder.sign(self.key, hashes.SHA256())
         stem = self.directory / cn.replace(" ", "-").lower()
         key_path, cert_path = stem.with_suffix(".key"), stem.with_suffix(".crt")
-        key_path.write_bytes(
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-        )
+        pkcs8 = serialization.PrivateFormat.PKCS8
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, pkcs8, serialization.NoEncryption()))
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cert_path, key_path

@@ -28,6 +28,8 @@ class ProbeError(RuntimeError):
 TS_AUDIO_CODECS = frozenset({"aac", "mp2", "mp3", "ac3", "eac3", "opus"})
 # What ffmpeg may open on the way to a camera. `file` reads the ffconcat file.
 PROTOCOLS = "file,rtsp,rtp,srtp,tcp,udp,tls,rtsps,crypto"
+# No stream analysis before copying: the first packet goes out as soon as it arrives.
+FAST_START = {"analyzeduration": 0, "probesize": 32}
 
 
 @dataclass(frozen=True)
@@ -56,17 +58,21 @@ def is_stream_url(url: str) -> bool:
     return url.split("://", 1)[0] in {"rtsp", "rtsps"}
 
 
-def ffconcat_text(url: str, timeout: float) -> str:
+def ffconcat_text(url: str, timeout: float, fast_start: bool = False) -> str:
     """An ffconcat playlist naming one camera, with its RTSP options.
 
     ffmpeg reads a camera's URL, credentials included, from this file rather
     than from its command line, which every user of the host can read in ps.
+    `fast_start` skips the probing of the stream (its parameters come with the
+    RTSP session): the first keyframe goes out a second sooner, for live viewing.
     """
     if "'" in url or "\n" in url:
         raise ProbeError(f"{redact(url)}: a camera URL may not contain quotes or line breaks")
     lines = ["ffconcat version 1.0", f"file '{url}'"]
     if is_stream_url(url):
         lines += ["option rtsp_transport tcp", f"option timeout {int(timeout * 1_000_000)}"]
+    if fast_start:
+        lines += [f"option {key} {value}" for key, value in FAST_START.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -215,11 +221,11 @@ def _stream_args() -> list[str]:
 
 
 def live_command(source: str) -> list[str]:
-    """ffmpeg remuxing a camera (an ffconcat file, see `ffconcat_text`) without transcoding: MPEG-TS on stdout.
+    """ffmpeg remuxing a camera (an ffconcat file, see `ffconcat_text` with `fast_start`) into MPEG-TS on stdout.
 
     Only the video goes out: a camera's audio is neither recorded in every codec nor asked for by the PP.
     """
-    stream = ffmpeg.input(source, f="concat", safe=0, protocol_whitelist=PROTOCOLS, fflags="nobuffer")
+    stream = ffmpeg.input(source, f="concat", safe=0, protocol_whitelist=PROTOCOLS, fflags="nobuffer", **FAST_START)
     out = ffmpeg.output(
         stream["v:0"], "pipe:1", c="copy", f="mpegts", flush_packets=1, muxdelay=0, muxpreload=0
     ).global_args(*_stream_args())

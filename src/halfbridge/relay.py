@@ -24,10 +24,13 @@ import asyncio
 import contextlib
 import ctypes
 import datetime as dt
+import fcntl
 import logging
 import os
 import signal
 import ssl
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +47,11 @@ from halfbridge.ts import TsError, end_offset, start_offset, tables
 log = logging.getLogger("halfbridge.relay")
 
 CHUNK = 65536
+# A live flow writes what ffmpeg gave at most this often (seconds): the latency it adds.
+LIVE_BATCH = 0.25
+# The pipe from a live ffmpeg holds this much (the kernel's default is 64 KiB).
+PIPE_SIZE = 1 << 20
+F_SETPIPE_SZ = 1031
 # Real-time playback sends up to this many seconds of recording ahead of the clock.
 PACE_LEAD = 1.0
 PROBLEM = "application/problem+json"
@@ -190,7 +198,8 @@ class Relay:
         """One private ffconcat file per camera: the URL and its credentials stay off ffmpeg's command line."""
         self.config.runtime_dir.mkdir(parents=True, exist_ok=True)
         for camera_id, camera in self.cameras.items():
-            write_private(self._playlist(camera_id), ffconcat_text(camera["url"], self.config.rtsp_timeout))
+            playlist = ffconcat_text(camera["url"], self.config.rtsp_timeout, fast_start=True)
+            write_private(self._playlist(camera_id), playlist)
 
     def _playlist(self, camera_id: str) -> Path:
         return self.config.runtime_dir / f"{camera_id}.ffconcat"
@@ -504,25 +513,46 @@ class Relay:
                 return f"the flow's lease was lost ({answer.get('message')})"
 
     async def _live_source(self, camera: dict):
-        """The camera's stream remuxed by ffmpeg; ffmpeg is always reaped."""
-        process = await asyncio.create_subprocess_exec(
-            *live_command(str(self._playlist(camera["id"]))),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            preexec_fn=_die_with_parent,
-        )
-        try:
-            while chunk := await process.stdout.read(CHUNK):
-                yield chunk
-        finally:
-            if process.returncode is None:
-                process.kill()
-            stderr = await process.stderr.read()
-            await process.wait()
-            if stderr.strip() and process.returncode not in (0, -signal.SIGKILL):
-                reason = stderr.decode("utf-8", "replace").replace(camera["url"], redact(camera["url"]))
-                log.warning("live %s: ffmpeg: %s", camera["id"], reason.strip().splitlines()[-1])
+        """The camera's stream remuxed by ffmpeg; ffmpeg is always killed and reaped.
+
+        The pipe is read on a timer, not on every write of ffmpeg (one per frame): every
+        LIVE_BATCH seconds what arrived goes out in one write, a few system calls a second
+        instead of dozens. Until the first bytes arrive it is looked at every 20 ms.
+        """
+        with tempfile.TemporaryFile() as stderr:
+            process = subprocess.Popen(  # reaped below, whatever happens
+                live_command(str(self._playlist(camera["id"]))),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                preexec_fn=_die_with_parent,
+            )
+            pipe = process.stdout.fileno()
+            os.set_blocking(pipe, False)
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(pipe, F_SETPIPE_SZ, PIPE_SIZE)  # a second of a camera, whatever its bitrate
+            try:
+                started = False
+                while True:
+                    await asyncio.sleep(LIVE_BATCH if started else 0.02)
+                    try:
+                        chunk = os.read(pipe, PIPE_SIZE)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        break  # ffmpeg ended (the camera went away)
+                    started = True
+                    yield chunk
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                await asyncio.to_thread(process.wait)
+                process.stdout.close()
+                if process.returncode not in (0, -signal.SIGKILL):
+                    stderr.seek(0)
+                    text = stderr.read(8192).decode("utf-8", "replace").replace(camera["url"], redact(camera["url"]))
+                    last = text.strip().splitlines()[-1:] or [f"exit status {process.returncode}"]
+                    log.warning("live %s: ffmpeg: %s", camera["id"], last[0])
 
     async def _recorded_source(self, camera_id: str, segments: list[Segment], start: float, end: float, realtime: bool):
         """The recorded bytes of [start, end): the first segment from its keyframe at or before `start`.

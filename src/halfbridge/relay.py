@@ -178,8 +178,7 @@ class Relay:
         self.quota = AsyncQuotaClient(config.quotad_socket)
         self.cameras = {camera["id"]: camera for camera in config.cameras}
         self.metrics = Metrics()
-        self.open_flows: dict[str, dict] = {}
-        self.started = time.time()
+        self.open_flows: dict[str, dict] = {}  # this relay's flows, by lease
 
     # -- set-up ------------------------------------------------------------
 
@@ -384,7 +383,9 @@ class Relay:
         except QuotaError as exc:
             raise Problem(503, "quota-daemon-unreachable", str(exc)) from None
         await self._record(request, 200)
-        flows = [{key: lease.get(key) for key in ("agent", "camera", "mode", "since")} for lease in answer["leases"]]
+        flows = [
+            {key: lease.get(key) for key in ("agent", "camera", "mode", "since")} for lease in answer.get("leases", [])
+        ]
         return web.json_response({"in_use": answer.get("in_use"), "limit": answer.get("limit"), "flows": flows})
 
     # -- flows -------------------------------------------------------------
@@ -626,6 +627,9 @@ class Relay:
             "# HELP halfbridge_flows_limit Simultaneous flows the convention allows.",
             "# TYPE halfbridge_flows_limit gauge",
             f"halfbridge_flows_limit {limit}",
+            "# HELP halfbridge_relay_open_flows Flows this relay is serving.",
+            "# TYPE halfbridge_relay_open_flows gauge",
+            f"halfbridge_relay_open_flows {len(self.open_flows)}",
             "# HELP halfbridge_relay_requests_total Requests answered, by status.",
             "# TYPE halfbridge_relay_requests_total counter",
             *(f'halfbridge_relay_requests_total{{status="{k}"}} {v}' for k, v in sorted(m.requests.items())),

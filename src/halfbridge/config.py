@@ -38,3 +38,13 @@ def read_json(path: str | os.PathLike, known: Iterable[str], required: Iterable[
 def load_dataclass(cls: type[T], path: str | os.PathLike, required: Iterable[str], paths: Iterable[str]) -> T:
     """A configuration dataclass from its JSON file; its fields are the keys the file may hold."""
     return cls(**read_json(path, cls.__dataclass_fields__, required, paths))
+
+
+def load_or_exit(
+    cls: type[T], program: str, path: str | os.PathLike, required: Iterable[str], paths: Iterable[str]
+) -> T:
+    """`load_dataclass` for a daemon's start: a bad file stops it with the sentence, prefixed by its name."""
+    try:
+        return load_dataclass(cls, path, required, paths)
+    except ConfigError as exc:
+        raise SystemExit(f"{program}: {exc}") from None

@@ -32,7 +32,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from halfbridge.config import ConfigError, load_dataclass
+from halfbridge.config import load_or_exit
 
 log = logging.getLogger("halfbridge.quotad")
 
@@ -52,10 +52,7 @@ class QuotadConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> QuotadConfig:
-        try:
-            config = load_dataclass(cls, path, required=("socket", "limit"), paths=("socket",))
-        except ConfigError as exc:
-            raise SystemExit(f"halfbridge-quotad: {exc}") from None
+        config = load_or_exit(cls, "halfbridge-quotad", path, required=("socket", "limit"), paths=("socket",))
         if not isinstance(config.limit, int) or isinstance(config.limit, bool) or config.limit < 1:
             raise SystemExit(f"halfbridge-quotad: {path}: limit must be a positive whole number of flows")
         if not isinstance(config.ttl, int | float) or not 1 <= config.ttl <= 300:
@@ -200,7 +197,35 @@ class QuotaDaemon:
                 await writer.wait_closed()
 
 
-class QuotaClient:
+class _Requests:
+    """The requests of the protocol; `ask` sends one (and, for the async client, is awaited)."""
+
+    def ask(self, request: dict):
+        raise NotImplementedError
+
+    def acquire(self, agent: str, camera: str, mode: str):
+        return self.ask({"op": "acquire", "agent": agent, "camera": camera, "mode": mode})
+
+    def renew(self, lease: str):
+        return self.ask({"op": "renew", "lease": lease})
+
+    def release(self, lease: str):
+        return self.ask({"op": "release", "lease": lease})
+
+    def leases(self):
+        return self.ask({"op": "list"})
+
+    def _answer(self, data: bytes) -> dict:
+        try:
+            return json.loads(data)
+        except ValueError:
+            raise QuotaError(f"the quota daemon at {self.path} gave no answer; no flow is admitted") from None
+
+    def _unreachable(self, reason: object) -> QuotaError:
+        return QuotaError(f"the quota daemon at {self.path} cannot be reached ({reason}); no flow is admitted")
+
+
+class QuotaClient(_Requests):
     """Blocking client for one request at a time; every call is bounded by `timeout`."""
 
     def __init__(self, path: str | os.PathLike, timeout: float = 2.0) -> None:
@@ -219,28 +244,11 @@ class QuotaClient:
                         break
                     data += chunk
         except OSError as exc:
-            raise QuotaError(
-                f"the quota daemon at {self.path} cannot be reached ({exc}); no flow is admitted"
-            ) from None
-        try:
-            return json.loads(data)
-        except ValueError:
-            raise QuotaError(f"the quota daemon at {self.path} gave no answer; no flow is admitted") from None
-
-    def acquire(self, agent: str, camera: str, mode: str) -> dict:
-        return self.ask({"op": "acquire", "agent": agent, "camera": camera, "mode": mode})
-
-    def renew(self, lease: str) -> dict:
-        return self.ask({"op": "renew", "lease": lease})
-
-    def release(self, lease: str) -> dict:
-        return self.ask({"op": "release", "lease": lease})
-
-    def leases(self) -> dict:
-        return self.ask({"op": "list"})
+            raise self._unreachable(exc) from None
+        return self._answer(data)
 
 
-class AsyncQuotaClient:
+class AsyncQuotaClient(_Requests):
     """The same requests from an event loop (the relay): one connection per request, bounded by `timeout`."""
 
     def __init__(self, path: str | os.PathLike, timeout: float = 2.0) -> None:
@@ -257,26 +265,8 @@ class AsyncQuotaClient:
                 finally:
                     writer.close()
         except (OSError, TimeoutError) as exc:
-            reason = "no answer in time" if isinstance(exc, TimeoutError) else str(exc)
-            raise QuotaError(
-                f"the quota daemon at {self.path} cannot be reached ({reason}); no flow is admitted"
-            ) from None
-        try:
-            return json.loads(data)
-        except ValueError:
-            raise QuotaError(f"the quota daemon at {self.path} gave no answer; no flow is admitted") from None
-
-    async def acquire(self, agent: str, camera: str, mode: str) -> dict:
-        return await self.ask({"op": "acquire", "agent": agent, "camera": camera, "mode": mode})
-
-    async def renew(self, lease: str) -> dict:
-        return await self.ask({"op": "renew", "lease": lease})
-
-    async def release(self, lease: str) -> dict:
-        return await self.ask({"op": "release", "lease": lease})
-
-    async def leases(self) -> dict:
-        return await self.ask({"op": "list"})
+            raise self._unreachable("no answer in time" if isinstance(exc, TimeoutError) else exc) from None
+        return self._answer(data)
 
 
 def _bad(message: str) -> dict:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from halfbridge import media
 from halfbridge.audit import AuditError, AuditLog
-from halfbridge.config import ConfigError, load_dataclass
+from halfbridge.config import load_or_exit
 from halfbridge.store import Segment, Store, iso, segment_day, segment_time, utc
 
 log = logging.getLogger("halfbridge.recorder")
@@ -62,10 +62,9 @@ class RecorderConfig:
     def load(cls, path: str | os.PathLike) -> RecorderConfig:
         """Read a camera's JSON configuration; a missing key or a bad value is a sentence."""
         required = ("camera", "url", "store_root", "state_dir")
-        try:
-            config = load_dataclass(cls, path, required, paths=("store_root", "state_dir", "audit_log"))
-        except ConfigError as exc:
-            raise SystemExit(f"halfbridge-recorder: {exc}") from None
+        config = load_or_exit(
+            cls, "halfbridge-recorder", path, required, paths=("store_root", "state_dir", "audit_log")
+        )
         if config.segment_seconds < 2 or config.watchdog_seconds <= 0 or config.backoff_cap < config.backoff_initial:
             raise SystemExit(
                 f"halfbridge-recorder: {path}: segment_seconds must be at least 2, watchdog_seconds positive, "

@@ -38,7 +38,7 @@ from pathlib import Path
 from aiohttp import web
 
 from halfbridge.audit import AuditError, AuditLog
-from halfbridge.config import ConfigError, load_dataclass
+from halfbridge.config import load_or_exit
 from halfbridge.media import ffconcat_text, live_command, redact, write_private
 from halfbridge.quotad import AsyncQuotaClient, QuotaError
 from halfbridge.store import CAMERA_ID_RE, Segment, Store, iso, spans
@@ -85,10 +85,7 @@ class RelayConfig:
         paths = ("tls_certificate", "tls_key", "tls_client_ca", "store_root", "quotad_socket", "audit_log")
         required = ("listen_host", "listen_port", *paths, "runtime_dir")
         paths += ("runtime_dir",)
-        try:
-            config = load_dataclass(cls, path, required, paths)
-        except ConfigError as exc:
-            raise SystemExit(f"halfbridge-relay: {exc}") from None
+        config = load_or_exit(cls, "halfbridge-relay", path, required, paths)
         for camera in config.cameras:
             if not isinstance(camera, dict) or not camera.get("url") or not CAMERA_ID_RE.match(str(camera.get("id"))):
                 raise SystemExit(f"halfbridge-relay: {path}: every camera needs a valid id and a url: {camera!r}")

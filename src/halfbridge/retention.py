@@ -39,11 +39,13 @@ made in the inventory (`shortened_days` with its reason) and logged on every run
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import datetime as dt
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -362,7 +364,7 @@ class Retention:
             names = scanned[1]
             on_disk = [n for n in listing if n in names]
             # A segment file the index does not list needs the general path (its mtime is looked at).
-            if not on_disk or any(SEGMENT_RE.match(os.fsdecode(n)) for n in listing if n not in names):
+            if not on_disk or any(SEGMENT_RE.match(os.fsdecode(n)) for n in set(listing).difference(names)):
                 return None
             try:
                 os.replace(index, directory / JOURNAL_NAME)  # nothing lists these files any more
@@ -597,21 +599,22 @@ def _unlink(directory: Path, names: set[bytes], listed: list[bytes] | None = Non
     `listed`, when given, is the listing of exactly the files to go. Returns how many of
     `names` were already gone.
     """
-    removed = 0
-    unlink = os.unlink
+    if listed is None:
+        listed = [n for n in os.listdir(os.fsencode(directory)) if n in names]
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    unlink = functools.partial(os.unlink, dir_fd=dir_fd)
+    todo, vanished = iter(listed), 0
     try:
-        for name in listed if listed is not None else os.listdir(os.fsencode(directory)):
-            if listed is None and name not in names:
-                continue
+        while True:
             try:
-                unlink(name, dir_fd=dir_fd)
-            except FileNotFoundError:
-                continue
-            removed += 1
+                # The loop runs in C (map drained by an empty deque): no Python step per file.
+                collections.deque(map(unlink, todo), maxlen=0)
+                break
+            except FileNotFoundError:  # gone meanwhile; the rest goes on from the next name
+                vanished += 1
     finally:
         os.close(dir_fd)
-    return len(names) - removed
+    return len(names) - (len(listed) - vanished)
 
 
 def journal_id(camera: str, day: dt.date, data: bytes) -> str:

@@ -323,3 +323,24 @@ def test_the_command_rehearses_with_a_dry_run_and_changes_nothing(tmp_path, twel
     assert files(tmp_path / "recordings") == before and register(tmp_path) == []
     with pytest.raises(SystemExit):
         retention_main([str(path), "--now", later])
+
+
+def test_indexed_files_already_gone_are_said_and_the_rest_goes(tmp_path, twelve_days, caplog):
+    store = Store(tmp_path / "recordings")
+    whole_day = dt.date(2026, 11, 18)  # wholly before the cutoff: the whole-day path
+    partial_day = dt.date(2026, 11, 19)  # cut at 09:30: the general path
+    for day in (whole_day, partial_day):
+        for segment in twelve_days["ver-gare-01", day][1:4]:
+            (store.day_dir("ver-gare-01", day) / segment.name).unlink()
+    with caplog.at_level(logging.WARNING):
+        retention(tmp_path).run()
+    assert caplog.text.count("3 indexed segment(s) were already gone") == 2
+    by_day = {(e["camera"], e["day"]): e for e in register(tmp_path)}
+    assert by_day["ver-gare-01", whole_day.isoformat()]["already_missing"] == 3
+    assert by_day["ver-gare-01", whole_day.isoformat()]["count"] == 24  # what the index said was destroyed
+    assert by_day["ver-gare-01", partial_day.isoformat()]["already_missing"] == 3
+    assert "already_missing" not in by_day["sqy-mairie-03", whole_day.isoformat()]
+    assert not store.day_dir("ver-gare-01", whole_day).exists()
+    assert [s.end for s in store.index("ver-gare-01", partial_day)] == [
+        s.end for s in twelve_days["ver-gare-01", partial_day] if s.end > NOW - 10 * DAY
+    ]

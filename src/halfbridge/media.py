@@ -215,44 +215,14 @@ def record_command(
     return ffmpeg.compile(out, cmd="ffmpeg", overwrite_output=True)
 
 
-def _stream_args() -> list[str]:
-    # A player reads it at once: packets leave as soon as they are muxed, without a mux delay.
-    return ["-hide_banner", "-nostdin", "-loglevel", "error"]
-
-
 def live_command(source: str) -> list[str]:
     """ffmpeg remuxing a camera (an ffconcat file, see `ffconcat_text` with `fast_start`) into MPEG-TS on stdout.
 
     Only the video goes out: a camera's audio is neither recorded in every codec nor asked for by the PP.
+    Each frame is flushed as soon as it is muxed, without a mux delay.
     """
     stream = ffmpeg.input(source, f="concat", safe=0, protocol_whitelist=PROTOCOLS, fflags="nobuffer", **FAST_START)
     out = ffmpeg.output(
         stream["v:0"], "pipe:1", c="copy", f="mpegts", flush_packets=1, muxdelay=0, muxpreload=0
-    ).global_args(*_stream_args())
-    return ffmpeg.compile(out, cmd="ffmpeg")
-
-
-def playback_text(paths: list[tuple[str, float]]) -> str:
-    """An ffconcat playlist of recorded segments, each with its duration from the index (seeking opens no file)."""
-    lines = ["ffconcat version 1.0"]
-    for path, duration in paths:
-        if "'" in path or "\n" in path:
-            raise ValueError(f"a segment path may not contain quotes or line breaks: {path!r}")
-        lines += [f"file '{path}'", f"duration {duration:.3f}"]
-    return "\n".join(lines) + "\n"
-
-
-def playback_command(playlist: str, offset: float, duration: float, realtime: bool) -> list[str]:
-    """ffmpeg reading recorded segments from `offset` seconds into the playlist for `duration` seconds.
-
-    The copy starts at the keyframe at or before `offset` (at most one keyframe interval early);
-    `realtime` paces the output at the recording's own speed, otherwise it goes as fast as it can.
-    """
-    options = {"f": "concat", "safe": 0, "protocol_whitelist": "file", "ss": f"{max(0.0, offset):.3f}"}
-    if realtime:
-        options["readrate"] = 1
-    stream = ffmpeg.input(playlist, **options)
-    out = ffmpeg.output(
-        stream, "pipe:1", c="copy", f="mpegts", t=f"{duration:.3f}", muxdelay=0, muxpreload=0
-    ).global_args(*_stream_args())
+    ).global_args("-hide_banner", "-nostdin", "-loglevel", "error")
     return ffmpeg.compile(out, cmd="ffmpeg")

@@ -81,13 +81,26 @@ def test_every_camera_is_recorded_without_holes(recorded, cameras, frame, since)
         assert status(gw, camera["id"])["state"] == "recording"
 
 
+def indexed_soon(gw, camera: str, finished: set[str]) -> list[Segment]:
+    """The camera's index once it lists every one of `finished` (a test failure if it does not within 10 s)."""
+    rows: list[Segment] = []
+
+    def complete() -> bool:
+        rows[:] = index(gw, camera)
+        return finished <= {r.name for r in rows}
+
+    wait_for(complete, 10, f"every finished segment of {camera} to be indexed",
+             detail=lambda: f": never indexed {sorted(finished - {r.name for r in rows})}")  # fmt: skip
+    return rows
+
+
 def test_every_segment_decodes_and_the_index_agrees_with_the_files(recorded, cameras):
     gw = recorded
     for camera in cameras:
         on_disk = set(gw.check_output(f"find {STORE}/{camera['id']} -name '*.ts' -printf '%f\\n'").split())
-        rows = index(gw, camera["id"])
-        unindexed = on_disk - {r.name for r in rows}
-        assert len(unindexed) <= 1, f"{camera['id']}: only the segment being written may be unindexed: {unindexed}"
+        # Only the segment being written (the newest) is unindexed for long: a finished one gets its
+        # index line within the recorder's next turn (a second, more on a busy machine).
+        rows = indexed_soon(gw, camera["id"], on_disk - {max(on_disk)})
         for row in rows[-6:]:
             assert gw.file(path(camera["id"], row)).size == row.size, row
             assert len(packets(gw, path(camera["id"], row))) > 0, row

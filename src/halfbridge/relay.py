@@ -40,6 +40,7 @@ from aiohttp import web
 from halfbridge.audit import AuditError, AuditLog
 from halfbridge.config import load_or_exit
 from halfbridge.media import ffconcat_text, live_command, redact, write_private
+from halfbridge.metrics import exposition, family, gauge
 from halfbridge.quotad import AsyncQuotaClient, QuotaError
 from halfbridge.store import CAMERA_ID_RE, Segment, Store, iso, spans
 from halfbridge.ts import TsError, end_offset, start_offset, tables
@@ -51,7 +52,6 @@ CHUNK = 65536
 LIVE_BATCH = 0.25
 # The pipe from a live ffmpeg holds this much (the kernel's default is 64 KiB).
 PIPE_SIZE = 1 << 20
-F_SETPIPE_SZ = 1031
 # Real-time playback sends up to this many seconds of recording ahead of the clock.
 PACE_LEAD = 1.0
 PROBLEM = "application/problem+json"
@@ -144,10 +144,11 @@ def identity(request: web.Request) -> dict:
     def name(rdns) -> str:
         return ",".join(f"{key}={value}" for rdn in rdns for key, value in rdn)
 
-    subject = {key: value for rdn in cert.get("subject", ()) for key, value in rdn}
+    subject = name(cert.get("subject", ()))
+    common_name = next((value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"), None)
     return {
-        "agent": subject.get("commonName", name(cert.get("subject", ()))),
-        "subject": name(cert.get("subject", ())),
+        "agent": common_name or subject,
+        "subject": subject,
         "issuer": name(cert.get("issuer", ())),
         "serial": cert.get("serialNumber", ""),
     }
@@ -321,7 +322,7 @@ class Relay:
         now = time.time()
         listed = []
         for camera_id, camera in self.cameras.items():
-            last = await asyncio.to_thread(self._last_end, camera_id, now)
+            last = await asyncio.to_thread(self._last_end, camera_id)
             recording = last is not None and now - last <= 3 * self.config.segment_seconds
             listed.append(
                 {
@@ -335,7 +336,7 @@ class Relay:
         await self._record(request, 200)
         return web.json_response({"cameras": listed})
 
-    def _last_end(self, camera_id: str, now: float) -> float | None:
+    def _last_end(self, camera_id: str) -> float | None:
         for day in reversed(self.store.days(camera_id)[-2:]):
             segments = self.store.index(camera_id, day)
             if segments:
@@ -416,8 +417,7 @@ class Relay:
         try:
             granted = await self.quota.acquire(who["agent"], camera["id"], mode)
         except QuotaError as exc:
-            with contextlib.suppress(Exception):
-                await source.aclose()
+            await source.aclose()  # never started: nothing to stop
             raise Problem(503, "quota-daemon-unreachable", str(exc)) from None
         if not granted.get("ok"):
             await source.aclose()
@@ -528,7 +528,7 @@ class Relay:
             pipe = process.stdout.fileno()
             os.set_blocking(pipe, False)
             with contextlib.suppress(OSError):
-                fcntl.fcntl(pipe, F_SETPIPE_SZ, PIPE_SIZE)  # a second of a camera, whatever its bitrate
+                fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # a second of a camera, whatever its bitrate
             try:
                 started = False
                 while True:
@@ -615,36 +615,45 @@ class Relay:
             in_use, limit, up = 0, 0, 0
         m = self.metrics
         lines = [
-            "# HELP halfbridge_quota_up 1 when the quota daemon answers.",
-            "# TYPE halfbridge_quota_up gauge",
-            f"halfbridge_quota_up {up}",
-            "# HELP halfbridge_flows_in_use Quota slots in use (all relays).",
-            "# TYPE halfbridge_flows_in_use gauge",
-            f"halfbridge_flows_in_use {in_use}",
-            "# HELP halfbridge_flows_limit Simultaneous flows the convention allows.",
-            "# TYPE halfbridge_flows_limit gauge",
-            f"halfbridge_flows_limit {limit}",
-            "# HELP halfbridge_relay_open_flows Flows this relay is serving.",
-            "# TYPE halfbridge_relay_open_flows gauge",
-            f"halfbridge_relay_open_flows {len(self.open_flows)}",
-            "# HELP halfbridge_relay_requests_total Requests answered, by status.",
-            "# TYPE halfbridge_relay_requests_total counter",
-            *(f'halfbridge_relay_requests_total{{status="{k}"}} {v}' for k, v in sorted(m.requests.items())),
-            "# HELP halfbridge_relay_refusals_total Requests refused, by reason.",
-            "# TYPE halfbridge_relay_refusals_total counter",
-            *(f'halfbridge_relay_refusals_total{{reason="{k}"}} {v}' for k, v in sorted(m.refusals.items())),
-            "# HELP halfbridge_relay_flows_total Flows started, by mode.",
-            "# TYPE halfbridge_relay_flows_total counter",
-            *(f'halfbridge_relay_flows_total{{mode="{k}"}} {v}' for k, v in m.flows.items()),
-            "# HELP halfbridge_relay_bytes_total Bytes sent, by mode.",
-            "# TYPE halfbridge_relay_bytes_total counter",
-            *(f'halfbridge_relay_bytes_total{{mode="{k}"}} {v}' for k, v in m.bytes.items()),
-            "# HELP halfbridge_relay_flow_seconds Durations of ended flows, by mode.",
-            "# TYPE halfbridge_relay_flow_seconds summary",
-            *(f'halfbridge_relay_flow_seconds_sum{{mode="{k}"}} {v[0]:.3f}' for k, v in m.durations.items()),
-            *(f'halfbridge_relay_flow_seconds_count{{mode="{k}"}} {v[1]}' for k, v in m.durations.items()),
+            *gauge("halfbridge_quota_up", "1 when the quota daemon answers.", up),
+            *gauge("halfbridge_flows_in_use", "Quota slots in use (all relays).", in_use),
+            *gauge("halfbridge_flows_limit", "Simultaneous flows the convention allows.", limit),
+            *gauge("halfbridge_relay_open_flows", "Flows this relay is serving.", len(self.open_flows)),
+            *family(
+                "halfbridge_relay_requests_total",
+                "counter",
+                "Requests answered, by status.",
+                ((f'{{status="{k}"}}', v) for k, v in sorted(m.requests.items())),
+            ),
+            *family(
+                "halfbridge_relay_refusals_total",
+                "counter",
+                "Requests refused, by reason.",
+                ((f'{{reason="{k}"}}', v) for k, v in sorted(m.refusals.items())),
+            ),
+            *family(
+                "halfbridge_relay_flows_total",
+                "counter",
+                "Flows started, by mode.",
+                ((f'{{mode="{k}"}}', v) for k, v in m.flows.items()),
+            ),
+            *family(
+                "halfbridge_relay_bytes_total",
+                "counter",
+                "Bytes sent, by mode.",
+                ((f'{{mode="{k}"}}', v) for k, v in m.bytes.items()),
+            ),
+            *family(
+                "halfbridge_relay_flow_seconds",
+                "summary",
+                "Durations of ended flows, by mode.",
+                [
+                    *((f'_sum{{mode="{k}"}}', f"{v[0]:.3f}") for k, v in m.durations.items()),
+                    *((f'_count{{mode="{k}"}}', v[1]) for k, v in m.durations.items()),
+                ],
+            ),
         ]
-        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")
+        return web.Response(text=exposition(lines), content_type="text/plain", charset="utf-8")
 
     # -- running -----------------------------------------------------------
 

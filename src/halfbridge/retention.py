@@ -60,7 +60,18 @@ from pathlib import Path
 from halfbridge.audit import AuditError, AuditLog, query
 from halfbridge.config import ConfigError, load_dataclass
 from halfbridge.media import write_private
-from halfbridge.store import INDEX_NAME, SEGMENT_RE, Segment, Store, iso, segment_time, utc, write_replacing
+from halfbridge.metrics import exposition, gauge
+from halfbridge.store import (
+    INDEX_NAME,
+    SEGMENT_RE,
+    Segment,
+    Store,
+    iso,
+    replacing_prefix,
+    segment_time,
+    utc,
+    write_replacing,
+)
 
 log = logging.getLogger("halfbridge.retention")
 
@@ -490,7 +501,8 @@ class Retention:
         with contextlib.suppress(OSError):
             leftovers = os.listdir(directory)
             # Temporary files of a run that crashed while writing them: incomplete, never used.
-            if leftovers and all(n.startswith((f"{JOURNAL_NAME}.", f".{INDEX_NAME}.")) for n in leftovers):
+            temporary = (replacing_prefix(JOURNAL_NAME), replacing_prefix(INDEX_NAME))
+            if leftovers and all(n.startswith(temporary) for n in leftovers):
                 for name in leftovers:
                     (directory / name).unlink(missing_ok=True)
         for path in (directory, directory.parent, directory.parent.parent):
@@ -562,35 +574,27 @@ class Retention:
         """Prometheus text format, for node_exporter's textfile collector."""
         disk = report.disk
         lines = [
-            "# HELP halfbridge_retention_last_run_seconds Unix time of the last retention run.",
-            "# TYPE halfbridge_retention_last_run_seconds gauge",
-            f"halfbridge_retention_last_run_seconds {now:.3f}",
-            "# HELP halfbridge_retention_run_duration_seconds How long the last run took.",
-            "# TYPE halfbridge_retention_run_duration_seconds gauge",
-            f"halfbridge_retention_run_duration_seconds {report.seconds:.3f}",
-            "# HELP halfbridge_retention_destroyed_segments Segments the last run destroyed.",
-            "# TYPE halfbridge_retention_destroyed_segments gauge",
-            f"halfbridge_retention_destroyed_segments {report.count}",
-            "# HELP halfbridge_retention_destroyed_bytes Bytes the last run destroyed.",
-            "# TYPE halfbridge_retention_destroyed_bytes gauge",
-            f"halfbridge_retention_destroyed_bytes {report.bytes}",
-            "# HELP halfbridge_retention_days Days of recordings kept.",
-            "# TYPE halfbridge_retention_days gauge",
-            f"halfbridge_retention_days {self.config.days}",
+            *gauge("halfbridge_retention_last_run_seconds", "Unix time of the last retention run.", f"{now:.3f}"),
+            *gauge("halfbridge_retention_run_duration_seconds", "How long the last run took.", f"{report.seconds:.3f}"),
+            *gauge("halfbridge_retention_destroyed_segments", "Segments the last run destroyed.", report.count),
+            *gauge("halfbridge_retention_destroyed_bytes", "Bytes the last run destroyed.", report.bytes),
+            *gauge("halfbridge_retention_days", "Days of recordings kept.", self.config.days),
         ]
         if disk is not None:
             lines += [
-                "# HELP halfbridge_disk_free_bytes Free space of the recordings' file system.",
-                "# TYPE halfbridge_disk_free_bytes gauge",
-                f"halfbridge_disk_free_bytes {disk.free}",
-                "# HELP halfbridge_disk_needed_bytes Space the full retention still needs at the observed bitrate.",
-                "# TYPE halfbridge_disk_needed_bytes gauge",
-                f"halfbridge_disk_needed_bytes {disk.needed}",
-                "# HELP halfbridge_disk_short 1 while the free space is below what the retention needs.",
-                "# TYPE halfbridge_disk_short gauge",
-                f"halfbridge_disk_short {int(disk.short)}",
+                *gauge("halfbridge_disk_free_bytes", "Free space of the recordings' file system.", disk.free),
+                *gauge(
+                    "halfbridge_disk_needed_bytes",
+                    "Space the full retention still needs at the observed bitrate.",
+                    disk.needed,
+                ),
+                *gauge(
+                    "halfbridge_disk_short",
+                    "1 while the free space is below what the retention needs.",
+                    int(disk.short),
+                ),
             ]
-        write_private(self.config.state_dir / "retention.prom", "\n".join(lines) + "\n")
+        write_private(self.config.state_dir / "retention.prom", exposition(lines))
 
 
 def _unlink(directory: Path, names: set[bytes], listed: list[bytes] | None = None) -> int:

@@ -80,12 +80,17 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else utc(ts).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def replacing_prefix(name: str) -> str:
+    """How the temporary files `write_replacing` writes beside `name` begin (a crash may leave one behind)."""
+    return f".{name.lstrip('.')}."
+
+
 def write_replacing(path: Path, data: bytes, mode: int) -> None:
     """Write `path` beside itself, flush it, then rename it over: a crash leaves the old file or the new, whole.
 
-    The temporary file is `.NAME.PID` in the same directory (what a crash may leave behind).
+    The temporary file is `.NAME.PID` in the same directory (see `replacing_prefix`).
     """
-    tmp = path.with_name(f".{path.name.lstrip('.')}.{os.getpid()}")
+    tmp = path.with_name(f"{replacing_prefix(path.name)}{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         if os.write(fd, data) != len(data):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import random
 import shutil
 import statistics
@@ -36,15 +35,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from halfbridge import ts  # noqa: E402
-from halfbridge.store import Store  # noqa: E402
+from halfbridge.store import Store, iso  # noqa: E402
 from tests.support.camera import Camera  # noqa: E402
 from tests.support.cpu import tree_cpu  # noqa: E402
 from tests.support.relay import RelayLab  # noqa: E402
 from tests.support.store import build_store  # noqa: E402
-
-
-def iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
 
 
 def drain(stream, stop: threading.Event) -> None:

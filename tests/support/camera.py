@@ -19,6 +19,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_listening(
+    port: int, process: subprocess.Popen, what: str, timeout: float = 20.0, log: Path | None = None
+) -> None:
+    """Return once something accepts connections on the loopback `port`; a sentence if `process` dies first."""
+    tail = (lambda: f": {log.read_text()[-2000:]}") if log is not None else (lambda: "")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}{tail()}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port}{tail()}")
+
+
 class Camera:
     """Start, stop and restart one simulated camera (as `systemctl stop` does in the lab)."""
 
@@ -46,13 +62,7 @@ class Camera:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"the simulated camera {self.id} did not listen on port {self.port}")
+        wait_listening(self.port, self.process, f"the simulated camera {self.id}", timeout=15)
 
     def stop(self) -> None:
         if self.process is not None:

@@ -6,7 +6,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -14,22 +13,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.camera import free_port
+from tests.support.camera import free_port, wait_listening
 from tests.support.pki import TestCA
 
 BIN = Path(sys.executable).parent
-
-
-def _wait_port(port: int, process: subprocess.Popen, what: str, log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}: {log.read_text()[-2000:]}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on port {port}: {log.read_text()[-2000:]}")
 
 
 @dataclass
@@ -101,7 +88,7 @@ class RelayLab:
             stdout=subprocess.DEVNULL,
             env={**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"},
         )
-        _wait_port(self.port, self.relay, "the relay", log)
+        wait_listening(self.port, self.relay, "the relay", log=log)
 
     def start(self) -> RelayLab:
         self.start_quotad()

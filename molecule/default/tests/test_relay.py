@@ -22,6 +22,10 @@ from tests.support.inventory import host_var
 from tests.support.waiting import wait_for
 
 AGENT = "/etc/halfbridge-pp"
+# curl's options to trust the relay and present the lab agent's certificate.
+TRUST = ["--cacert", f"{AGENT}/ca.crt"]
+CERTIFICATE = ["--cert", f"{AGENT}/agent.crt", "--key", f"{AGENT}/agent.key"]
+AS_AGENT = shlex.join(TRUST + CERTIFICATE)
 AUDIT = "/var/log/halfbridge/audit.log"
 # The relay's ffmpeg children (their playlists are in its runtime directory); the brackets keep
 # pgrep from matching the shell that runs it.
@@ -50,8 +54,7 @@ def iso(ts: float) -> str:
 
 
 def curl(pp, url: str, *options: str, certificate: bool = True) -> subprocess.CompletedProcess:
-    agent = ["--cert", f"{AGENT}/agent.crt", "--key", f"{AGENT}/agent.key"] if certificate else []
-    command = ["curl", "-sS", "--cacert", f"{AGENT}/ca.crt", *agent, *options, url]
+    command = ["curl", "-sS", *TRUST, *(CERTIFICATE if certificate else []), *options, url]
     return pp.run(shlex.join(command))
 
 
@@ -94,8 +97,7 @@ def clocks(stream: bytes, every: int = 25) -> list[float]:
 
 def viewers(pp, url: str, count: int) -> None:
     """`count` flows left open in the background, as PP operators watching (at most a minute)."""
-    agent = f"--cacert {AGENT}/ca.crt --cert {AGENT}/agent.crt --key {AGENT}/agent.key"
-    command = f"setsid -f curl -sS {agent} --max-time 60 -o /dev/null {shlex.quote(url)} </dev/null >/dev/null 2>&1"
+    command = f"setsid -f curl -sS {AS_AGENT} --max-time 60 -o /dev/null {shlex.quote(url)} </dev/null >/dev/null 2>&1"
     pp.check_output(f"for i in $(seq {count}); do {command}; done")
 
 
@@ -171,9 +173,8 @@ def test_a_hundred_concurrent_requests_admit_exactly_ten(lab_host, cameras, base
     url = f"{base}/v1/cameras/{cameras[1]['id']}/playback?from={iso(time.time() - 240)}&to={iso(time.time() - 60)}"
     config = "".join(f'url = "{url}"\noutput = "/dev/null"\n' for _ in range(100))
     pp.check_output(f"printf %s {shlex.quote(config)} > /tmp/hundred.curl")
-    agent = f"--cacert {AGENT}/ca.crt --cert {AGENT}/agent.crt --key {AGENT}/agent.key"
     result = pp.run(
-        f"curl -sS {agent} --parallel --parallel-immediate --parallel-max 100 --max-time 8 "
+        f"curl -sS {AS_AGENT} --parallel --parallel-immediate --parallel-max 100 --max-time 8 "
         "-K /tmp/hundred.curl -w '%{http_code}\\n'"
     )
     codes = result.stdout.split()

@@ -194,3 +194,44 @@ def audit_main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"halfbridge-audit: {exc.filename}: no such file", file=sys.stderr)
         return 2
+
+
+def interconnect_main(argv: list[str] | None = None) -> int:
+    """halfbridge-interconnect: suspend or restore the interconnect for an incident, record its notifications.
+
+    Prints the state as JSON (times in UTC and in Paris time) for the incident playbooks' e-mails.
+    """
+    from halfbridge.audit import AuditError, AuditLog
+    from halfbridge.interconnect import DEFAULT_STATE, KINDS, Interconnect, InterconnectError
+
+    parser = argparse.ArgumentParser(prog="halfbridge-interconnect", description=interconnect_main.__doc__)
+    parser.add_argument("--state", default=str(DEFAULT_STATE), help=f"the state file (default {DEFAULT_STATE})")
+    parser.add_argument("--audit-log", default="/var/log/halfbridge/audit.log", help="where each step is recorded")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="open, or suspended since when and why")
+    cut = sub.add_parser("suspend", help="record a cut for an incident (the firewall and the relay act on it)")
+    cut.add_argument("--incident", required=True)
+    cut.add_argument("--reason", required=True)
+    cut.add_argument("--notify-hours", type=float, default=8.0, help="the PP must be told within (article 8)")
+    told = sub.add_parser("notified", help="record an e-mail sent to the PP")
+    told.add_argument("--incident", required=True)
+    told.add_argument("--kind", choices=KINDS, required=True)
+    told.add_argument("--to", action="append", required=True, help="a recipient (repeat for each)")
+    back = sub.add_parser("restore", help="record the end of a suspension (by the incident that cut)")
+    back.add_argument("--incident", required=True)
+    args = parser.parse_args(argv)
+    state = Interconnect(args.state, AuditLog(args.audit_log))
+    try:
+        if args.command == "suspend":
+            result = state.suspend(args.incident, args.reason, args.notify_hours).facts()
+        elif args.command == "notified":
+            result = state.notified(args.incident, args.kind, args.to)
+        elif args.command == "restore":
+            result = state.restore(args.incident)
+        else:
+            result = state.status()
+    except (InterconnectError, AuditError, OSError) as exc:
+        print(f"halfbridge-interconnect: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, ensure_ascii=False))
+    return 0

@@ -39,6 +39,7 @@ from aiohttp import web
 
 from halfbridge.audit import AuditError, AuditLog
 from halfbridge.config import load_or_exit
+from halfbridge.interconnect import Interconnect, Suspension
 from halfbridge.media import ffconcat_text, live_command, redact, write_private
 from halfbridge.metrics import exposition, family, gauge
 from halfbridge.quotad import AsyncQuotaClient, QuotaError
@@ -79,12 +80,15 @@ class RelayConfig:
     segment_seconds: int = 60
     rtsp_timeout: float = 10.0
     renew_seconds: float = 5.0
+    # The interconnect's state file (halfbridge.interconnect): while it says suspended, every
+    # request is refused and open flows end. None: no suspension (tests of the relay alone).
+    interconnect_state: Path | None = None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RelayConfig:
         paths = ("tls_certificate", "tls_key", "tls_client_ca", "store_root", "quotad_socket", "audit_log")
         required = ("listen_host", "listen_port", *paths, "runtime_dir")
-        paths += ("runtime_dir",)
+        paths += ("runtime_dir", "interconnect_state")
         config = load_or_exit(cls, "halfbridge-relay", path, required, paths)
         for camera in config.cameras:
             if not isinstance(camera, dict) or not camera.get("url") or not CAMERA_ID_RE.match(str(camera.get("id"))):
@@ -177,6 +181,8 @@ class Relay:
         self.cameras = {camera["id"]: camera for camera in config.cameras}
         self.metrics = Metrics()
         self.open_flows: dict[str, dict] = {}  # this relay's flows, by lease
+        self.interconnect = Interconnect(config.interconnect_state) if config.interconnect_state else None
+        self._suspension: tuple[tuple | None, Suspension | None] = (None, None)
 
     # -- set-up ------------------------------------------------------------
 
@@ -226,6 +232,17 @@ class Relay:
         who = identity(request)
         request["who"] = who
         try:
+            suspension = self.suspension()
+            if suspension is not None:
+                raise Problem(
+                    503,
+                    "interconnect-suspended",
+                    f"SYN has suspended the interconnect (incident {suspension.incident}, since {suspension.since}); "
+                    "the PP's contacts are notified by e-mail"
+                    if suspension.since
+                    else "the interconnect is closed: its state cannot be read on SYN's gateway, "
+                    "and it stays closed until SYN's operators repair it",
+                )
             if not who:
                 raise Problem(
                     403,
@@ -429,7 +446,12 @@ class Relay:
         started, sent = time.monotonic(), 0
         response = None
         renewer = asyncio.create_task(self._renew(lease))
-        self.open_flows[lease] = {"camera": camera["id"], "mode": mode, "agent": who["agent"]}
+        self.open_flows[lease] = {
+            "camera": camera["id"],
+            "mode": mode,
+            "agent": who["agent"],
+            "task": asyncio.current_task(),
+        }
         ended = "the client went away"
         try:
             try:
@@ -468,7 +490,7 @@ class Relay:
             renewer.cancel()
             with contextlib.suppress(Exception):
                 await source.aclose()
-            self.open_flows.pop(lease, None)
+            ended = self.open_flows.pop(lease, {}).get("cut", ended)
             duration = time.monotonic() - started
             self.metrics.durations[mode][0] += duration
             self.metrics.durations[mode][1] += 1
@@ -588,6 +610,39 @@ class Relay:
                     if ahead > 0:
                         await asyncio.sleep(ahead)
 
+    # -- suspension (article 8) ----------------------------------------------
+
+    def suspension(self) -> Suspension | None:
+        """The suspension in force, read again only when the state file changes (one stat per call)."""
+        if self.interconnect is None:
+            return None
+        try:
+            st = self.interconnect.path.stat()
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            key = None
+        except OSError as exc:  # cannot even look: fail closed
+            return Suspension("unknown", f"the state file cannot be read ({exc})", "", "", {})
+        seen, suspension = self._suspension
+        if key != seen:
+            suspension = self.interconnect.current() if key is not None else None
+            self._suspension = (key, suspension)
+            if suspension is not None and not suspension.since:
+                log.error("the interconnect stays closed: %s", suspension.reason)
+        return suspension
+
+    async def _watch_suspension(self, period: float = 1.0) -> None:
+        """End every open flow within `period` of the interconnect being suspended."""
+        while True:
+            suspension = self.suspension()
+            if suspension is not None:
+                for flow in self.open_flows.values():
+                    if "cut" not in flow:
+                        flow["cut"] = f"the interconnect was suspended (incident {suspension.incident})"
+                        flow["task"].cancel()
+                        log.warning("%s flow of %s on %s: %s", flow["mode"], flow["agent"], flow["camera"], flow["cut"])
+            await asyncio.sleep(period)
+
     # -- management side ---------------------------------------------------
 
     async def health(self, _request: web.Request) -> web.Response:
@@ -679,7 +734,7 @@ class Relay:
             )
             if ready is not None:
                 ready.set()
-            await asyncio.Event().wait()
+            await self._watch_suspension()
         finally:
             for runner in reversed(runners):
                 await runner.cleanup()

@@ -8,6 +8,7 @@ password lives in the vault).
 from __future__ import annotations
 
 from collections.abc import Mapping
+import ipaddress
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from ansible.errors import AnsibleFilterError
@@ -19,6 +20,9 @@ description:
   - Takes one camera of C(halfbridge_cameras) (C(rtsp_url), optional C(username) and C(password))
     and returns C(rtsp://user:password@host:port/path), any account already in the URL replaced.
   - C(halfbridge_relay_camera) gives the relay's view of a camera (id, name, site, url with its account).
+  - C(halfbridge_camera_endpoints) lists the distinct C(address), C(port) and C(family) (4 or 6)
+    that the cameras' URLs point to, for the firewall; a camera named by a host name must give
+    its C(ip) too, since a firewall rule holds addresses.
 """
 
 
@@ -43,6 +47,32 @@ def relay_camera(camera: Mapping) -> dict:
     return {"id": camera.get("id"), "name": camera.get("name", ""), "site": camera.get("site", ""), "url": url}
 
 
+def camera_endpoints(cameras: list) -> list[dict]:
+    """The distinct (address, port) of the cameras, sorted; 554 when a URL names no port."""
+    found = set()
+    for camera in cameras or []:
+        camera_url(camera)  # the same sentence for a missing or non-RTSP URL
+        parts = urlsplit(str(camera["rtsp_url"]))
+        host = str(camera.get("ip") or parts.hostname)
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            raise AnsibleFilterError(
+                f"camera {camera.get('id')}: its URL names the host {host!r}; the firewall opens addresses, "
+                "so give the camera's address too (ip: 198.18.10.20)"
+            ) from None
+        try:
+            port = parts.port or 554
+        except ValueError as exc:
+            raise AnsibleFilterError(f"camera {camera.get('id')}: {exc}") from None
+        found.add((address.version, int(address), port, str(address)))
+    return [{"address": a, "port": p, "family": v} for v, _, p, a in sorted(found)]
+
+
 class FilterModule:
     def filters(self) -> dict:
-        return {"halfbridge_camera_url": camera_url, "halfbridge_relay_camera": relay_camera}
+        return {
+            "halfbridge_camera_url": camera_url,
+            "halfbridge_relay_camera": relay_camera,
+            "halfbridge_camera_endpoints": camera_endpoints,
+        }

@@ -25,6 +25,11 @@ description:
     covered networks merged) and fails on the first invalid entry.
   - C(halfbridge_cidrs_outside) lists the networks of a CIDR list not inside a zone.
   - C(halfbridge_zone_overlaps) lists the pairs of zones whose networks overlap.
+  - C(halfbridge_cidrs_excluding) takes the networks of a second list out of a CIDR list
+    (what remains of C(0.0.0.0/0) once the interconnect and camera zones are taken out, say).
+  - C(halfbridge_cidrs_family) keeps the IPv4 (4) or IPv6 (6) networks of a CIDR list.
+  - C(halfbridge_egress_rules) checks a list of egress openings ({name, to, tcp, udp}) and returns
+    each with its destinations split by IP version, the closed zones taken out.
 """
 
 
@@ -88,6 +93,63 @@ def cidrs_outside(value: object, zone: object) -> list[str]:
     return [net for net in cidrs(value) if netaddr.IPNetwork(net) not in inside]
 
 
+def cidrs_excluding(value: object, exclude: object) -> list[str]:
+    """The addresses of `value` that are not in `exclude`, as merged CIDRs."""
+    remaining = netaddr.IPSet(cidrs(value)) - netaddr.IPSet(cidrs(exclude, "excluded networks") if exclude else [])
+    return [str(net) for net in remaining.iter_cidrs()]
+
+
+def cidrs_family(value: object, version: int) -> list[str]:
+    """The networks of a CIDR list of one IP version (4 or 6), normalised."""
+    if int(version) not in (4, 6):
+        raise AnsibleFilterError(f"an IP version is 4 or 6, not {version!r}")
+    return [net for net in cidrs(value) if netaddr.IPNetwork(net).version == int(version)]
+
+
+def _ports(value: object, what: str) -> list[int]:
+    ports = _as_list(value or [], what)
+    if not all(p.isdigit() and 1 <= int(p) <= 65535 for p in ports):
+        raise AnsibleFilterError(f"{what}: ports are whole numbers from 1 to 65535, got {ports}")
+    return sorted({int(p) for p in ports})
+
+
+def egress_rules(openings: object, closed: object = ()) -> list[dict]:
+    """Egress openings, checked: each with a name, destinations outside the `closed` networks, and ports.
+
+    Returns [{name, v4: [CIDR...], v6: [...], tcp: [port...], udp: [...]}]; an opening whose
+    destinations all lie in the closed zones is refused, since it would open nothing it says.
+    """
+    if not isinstance(openings, Iterable) or isinstance(openings, (str, Mapping)):
+        raise AnsibleFilterError("egress openings are a list of {name, to, tcp, udp}")
+    rules = []
+    for i, opening in enumerate(openings):
+        if not isinstance(opening, Mapping) or not str(opening.get("name") or "").strip():
+            raise AnsibleFilterError(f"egress opening #{i + 1} needs a name: {opening!r}")
+        what = f"egress {opening['name']!r}"
+        unknown = set(opening) - {"name", "to", "tcp", "udp"}
+        if unknown:
+            raise AnsibleFilterError(f"{what}: unknown keys {', '.join(sorted(unknown))} (name, to, tcp, udp)")
+        tcp, udp = _ports(opening.get("tcp"), f"{what} tcp"), _ports(opening.get("udp"), f"{what} udp")
+        if not (tcp or udp):
+            raise AnsibleFilterError(f"{what}: give the tcp or udp ports it opens")
+        if not opening.get("to"):
+            raise AnsibleFilterError(f"{what}: give the destinations (to: [CIDRs])")
+        cidrs(opening["to"], f"{what} to")
+        to = cidrs_excluding(opening["to"], closed)
+        if not to:
+            raise AnsibleFilterError(f"{what}: every destination lies in the interconnect or camera zones")
+        rules.append(
+            {
+                "name": str(opening["name"]),
+                "v4": cidrs_family(to, 4),
+                "v6": cidrs_family(to, 6),
+                "tcp": tcp,
+                "udp": udp,
+            }
+        )
+    return rules
+
+
 def zone_overlaps(zones: Mapping[str, object]) -> list[str]:
     """Return a sentence for each pair of zones that share addresses."""
     if not isinstance(zones, Mapping):
@@ -111,4 +173,7 @@ class FilterModule:
             "halfbridge_cidrs": cidrs,
             "halfbridge_cidrs_outside": cidrs_outside,
             "halfbridge_zone_overlaps": zone_overlaps,
+            "halfbridge_cidrs_excluding": cidrs_excluding,
+            "halfbridge_cidrs_family": cidrs_family,
+            "halfbridge_egress_rules": egress_rules,
         }

@@ -222,12 +222,14 @@ def interconnect_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     state = Interconnect(args.state, AuditLog(args.audit_log))
     try:
+        before = state.current()
         if args.command == "suspend":
             result = state.suspend(args.incident, args.reason, args.notify_hours).facts()
+            result["changed"] = before is None
         elif args.command == "notified":
             result = state.notified(args.incident, args.kind, args.to)
         elif args.command == "restore":
-            result = state.restore(args.incident)
+            result = {**state.restore(args.incident), "changed": before is not None}
         else:
             result = state.status()
     except (InterconnectError, AuditError, OSError) as exc:

@@ -187,7 +187,12 @@ class Interconnect:
             self._record("interconnect.notified", **fields)
             self._save(current)
         else:
+            restored = (self._read() or {}).get("restored") or {}
+            if restored.get("incident") != incident:
+                raise InterconnectError(f"the interconnect was not restored after incident {incident}")
+            restored.setdefault("notified", {})[kind] = {"at": fields["at"], "to": fields["to"]}
             self._record("interconnect.notified", **fields)
+            self._save({"restored": restored})
         return fields
 
     def restore(self, incident: str, now: dt.datetime | None = None) -> dict:

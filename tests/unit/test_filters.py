@@ -124,3 +124,71 @@ def test_camera_url_puts_the_account_in_percent_encoded():
     assert camera({"rtsp_url": "rtsp://cam.example/a"}) == "rtsp://cam.example/a"
     with pytest.raises(AnsibleFilterError, match="not an RTSP URL"):
         camera({"id": "c1", "rtsp_url": "http://cam.example/a"})
+
+
+def test_camera_endpoints_are_the_distinct_addresses_and_ports_of_the_urls():
+    endpoints = load("halfbridge_camera").camera_endpoints
+    cameras = [
+        {"id": "a", "rtsp_url": "rtsp://198.18.10.20:8555/s"},
+        {"id": "b", "rtsp_url": "rtsp://u:p@198.18.10.20:8555/other"},
+        {"id": "c", "rtsp_url": "rtsp://198.18.10.9/s"},
+        {"id": "d", "rtsp_url": "rtsp://[2001:db8::7]:8554/s"},
+        {"id": "e", "rtsp_url": "rtsp://cam-e.syn.example:8554/s", "ip": "198.18.10.21"},
+    ]
+    assert endpoints(cameras) == [
+        {"address": "198.18.10.9", "port": 554, "family": 4},
+        {"address": "198.18.10.20", "port": 8555, "family": 4},
+        {"address": "198.18.10.21", "port": 8554, "family": 4},
+        {"address": "2001:db8::7", "port": 8554, "family": 6},
+    ]
+    with pytest.raises(AnsibleFilterError, match="give the camera's address too"):
+        endpoints([{"id": "f", "rtsp_url": "rtsp://cam-f.syn.example/s"}])
+
+
+def test_excluding_zones_leaves_the_rest_of_the_address_space():
+    assert net.cidrs_excluding(["0.0.0.0/0"], ["0.0.0.0/1", "128.0.0.0/2"]) == ["192.0.0.0/2"]
+    rest = net.cidrs_excluding(["198.18.0.0/23"], ["198.18.0.128/25"])
+    assert rest == ["198.18.0.0/25", "198.18.1.0/24"]
+    assert net.cidrs_excluding(["10.0.0.0/8"], []) == ["10.0.0.0/8"]
+
+
+def test_cidrs_of_one_family():
+    mixed = ["2001:db8::/32", "198.51.100.30", "198.51.100.31/32"]
+    assert net.cidrs_family(mixed, 4) == ["198.51.100.30/31"]
+    assert net.cidrs_family(mixed, 6) == ["2001:db8::/32"]
+    with pytest.raises(AnsibleFilterError, match="4 or 6"):
+        net.cidrs_family(mixed, 5)
+
+
+def test_egress_openings_leave_the_closed_zones_closed():
+    rules = net.egress_rules(
+        [
+            {"name": "smtp", "to": ["198.18.0.30"], "tcp": [25]},
+            {"name": "mirror", "to": ["0.0.0.0/0"], "tcp": ["443", 80]},
+            {"name": "ntp", "to": ["2001:db8::123"], "udp": [123]},
+        ],
+        ["0.0.0.0/1", "128.0.0.0/2"],
+    )
+    assert rules == [
+        {"name": "smtp", "v4": ["198.18.0.30/32"], "v6": [], "tcp": [25], "udp": []},
+        {"name": "mirror", "v4": ["192.0.0.0/2"], "v6": [], "tcp": [80, 443], "udp": []},
+        {"name": "ntp", "v4": [], "v6": ["2001:db8::123/128"], "tcp": [], "udp": [123]},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("opening", "sentence"),
+    [
+        ({"to": ["10.0.0.0/8"], "tcp": [1]}, "needs a name"),
+        ({"name": "x", "to": ["10.0.0.0/8"]}, "give the tcp or udp ports"),
+        ({"name": "x", "to": ["10.0.0.0/8"], "tcp": [0]}, "1 to 65535"),
+        ({"name": "x", "to": ["10.0.0.0/8"], "tcp": ["ssh"]}, "1 to 65535"),
+        ({"name": "x", "tcp": [25]}, "give the destinations"),
+        ({"name": "x", "to": ["10.0.0.300"], "tcp": [25]}, "not a valid"),
+        ({"name": "x", "to": ["198.51.100.7"], "tcp": [25]}, "every destination lies in"),
+        ({"name": "x", "to": ["10.0.0.0/8"], "tcp": [25], "via": "eth0"}, "unknown keys via"),
+    ],
+)
+def test_a_wrong_egress_opening_is_refused_with_a_sentence(opening, sentence):
+    with pytest.raises(AnsibleFilterError, match=sentence):
+        net.egress_rules([opening], ["198.51.100.0/24"])

@@ -76,7 +76,15 @@ def test_only_the_incident_that_cut_restores(state):
     assert state.current() is None
     # Again (a restoration e-mail that failed): the same facts, no second entry.
     assert state.restore("INC-1") == facts
-    assert [e["event"] for e in events(state)] == ["interconnect.suspended", "interconnect.restored"]
+    state.notified("INC-1", "restoration", ["a@pp"], now=T0 + dt.timedelta(hours=3))
+    assert state.restore("INC-1")["notified"]["restoration"] == {"at": "2026-11-29T20:00:00Z", "to": ["a@pp"]}
+    with pytest.raises(InterconnectError, match="not restored after incident INC-2"):
+        state.notified("INC-2", "restoration", ["a@pp"])
+    assert [e["event"] for e in events(state)] == [
+        "interconnect.suspended",
+        "interconnect.restored",
+        "interconnect.notified",
+    ]
     assert verify([state.audit.path], f"{state.audit.path}.head").ok
 
 
@@ -101,10 +109,17 @@ def test_paris_time_follows_summer_time():
 def test_the_command_prints_the_state_and_refuses_with_a_sentence(tmp_path, capsys):
     base = ["--state", str(tmp_path / "s.json"), "--audit-log", str(tmp_path / "a.log")]
     assert interconnect_main([*base, "suspend", "--incident", "INC-9", "--reason", "panne"]) == 0
-    assert json.loads(capsys.readouterr().out)["incident"] == "INC-9"
+    first = json.loads(capsys.readouterr().out)
+    assert first["incident"] == "INC-9" and first["changed"] is True
+    assert interconnect_main([*base, "suspend", "--incident", "INC-9", "--reason", "panne"]) == 0
+    assert json.loads(capsys.readouterr().out)["changed"] is False
     assert interconnect_main([*base, "restore", "--incident", "INC-8"]) == 1
     assert "suspended for incident INC-9, not INC-8" in capsys.readouterr().err
     assert interconnect_main([*base, "notified", "--incident", "INC-9", "--kind", "suspension", "--to", "a@pp"]) == 0
     capsys.readouterr()
     assert interconnect_main([*base, "status"]) == 0
     assert json.loads(capsys.readouterr().out)["notified"]["suspension"]["to"] == ["a@pp"]
+    assert interconnect_main([*base, "restore", "--incident", "INC-9"]) == 0
+    assert json.loads(capsys.readouterr().out)["changed"] is True
+    assert interconnect_main([*base, "restore", "--incident", "INC-9"]) == 0
+    assert json.loads(capsys.readouterr().out)["changed"] is False

@@ -7,8 +7,8 @@ password lives in the vault).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import ipaddress
+from collections.abc import Mapping
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from ansible.errors import AnsibleFilterError

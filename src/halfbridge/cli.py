@@ -165,7 +165,7 @@ def audit_main(argv: list[str] | None = None) -> int:
     check.add_argument("files", nargs="+", help="log files, oldest first (rotated files, then the current one)")
     ask = sub.add_parser("query", help="list entries, e.g. --event auth --field agent=... --since 2026-11-01")
     ask.add_argument("files", nargs="+", help="log files, oldest first")
-    ask.add_argument("--event", help="event name or prefix (auth, flow, retention, incident...)")
+    ask.add_argument("--event", help="event name or prefix (auth, flow, retention, interconnect...)")
     ask.add_argument("--since", type=_date, help="from this date or time (UTC)")
     ask.add_argument("--until", type=_date, help="before this date or time (UTC)")
     ask.add_argument("--result-field", "--field", action="append", default=[], metavar="NAME=VALUE")

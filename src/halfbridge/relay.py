@@ -659,6 +659,7 @@ class Relay:
             "problems": problems,
             "flows": answer.get("in_use"),
             "limit": answer.get("limit"),
+            "suspended_for": suspension.incident if (suspension := self.suspension()) else None,
         }
         return web.json_response(body, status=503 if problems else 200)
 
@@ -674,6 +675,11 @@ class Relay:
             *gauge("halfbridge_flows_in_use", "Quota slots in use (all relays).", in_use),
             *gauge("halfbridge_flows_limit", "Simultaneous flows the convention allows.", limit),
             *gauge("halfbridge_relay_open_flows", "Flows this relay is serving.", len(self.open_flows)),
+            *gauge(
+                "halfbridge_interconnect_suspended",
+                "1 while SYN has suspended the interconnect (article 8).",
+                int(self.suspension() is not None),
+            ),
             *family(
                 "halfbridge_relay_requests_total",
                 "counter",

@@ -84,8 +84,11 @@ def test_a_damaged_state_file_keeps_the_interconnect_closed(lab):
     assert lab.get("/v1/cameras").status == 200
 
 
-def test_the_suspended_relay_still_answers_health_on_the_management_side(lab):
+def test_the_suspended_relay_says_so_on_the_management_side(lab):
+    assert "halfbridge_interconnect_suspended 0" in lab.management("/metrics").body.decode()
     _state(lab).suspend("INC-7", "test", 8)
-    assert lab.management("/healthz").status == 200
+    health = lab.management("/healthz")
+    assert health.status == 200 and health.json()["suspended_for"] == "INC-7"
+    assert "halfbridge_interconnect_suspended 1" in lab.management("/metrics").body.decode()
     with socket.create_connection(("127.0.0.1", lab.port), timeout=5):
         pass  # the port stays open: cutting the PP off is the firewall's job, refusing is the relay's

@@ -19,6 +19,7 @@ from tests.support.inventory import LAB_INVENTORY, ROOT
 
 CONVENTION = Path("group_vars/all/convention.yml")
 CAMERAS = Path("group_vars/all/cameras.yml")
+NOTIFICATIONS = Path("group_vars/all/notifications.yml")
 
 
 @pytest.fixture
@@ -155,6 +156,22 @@ def test_notice_of_termination_ends_the_convention_at_the_end_of_the_term(invent
 def test_a_malformed_date_is_refused_with_the_expected_form(inventory):
     edit(inventory, CONVENTION, lambda d: d["halfbridge_convention"].update(signed_on="21/10/2025"))
     assert "'21/10/2025' is not a calendar date in the form YYYY-MM-DD" in refused(inventory)
+
+
+def test_a_pp_contact_without_an_email_is_refused(inventory):
+    edit(inventory, CONVENTION, lambda d: d["halfbridge_contacts"]["pp"][1].pop("email"))
+    assert "missing for: Officier de permanence DOPC" in refused(inventory)
+
+
+def test_an_inventory_without_its_smtp_relay_is_refused(inventory):
+    (inventory / NOTIFICATIONS).unlink()
+    assert "halfbridge_smtp must give the SMTP relay of the notices to the PP" in refused(inventory)
+
+
+def test_an_smtp_relay_without_a_sender_is_refused_and_its_password_not_shown(inventory):
+    edit(inventory, NOTIFICATIONS, lambda d: d["halfbridge_smtp"].update(sender="", password="s3cret-pw"))
+    output = refused(inventory)
+    assert "halfbridge_smtp must give" in output and "s3cret-pw" not in output
 
 
 def test_the_production_example_passes_once_its_vault_is_filled():

@@ -78,10 +78,13 @@ def convention_calendar(convention: Mapping, today: object = None) -> dict:
     return {
         "start": start.isoformat(),
         "current_term_end": current_end.isoformat(),
+        "current_term_last_day": (current_end - dt.timedelta(days=1)).isoformat(),
         "final_end": final_end.isoformat(),
+        "last_day": (final_end - dt.timedelta(days=1)).isoformat(),
         "notice_deadline": notice_deadline.isoformat(),
         "in_force": start <= now < final_end,
         "days_to_end": (final_end - now).days,
+        "days_to_last_day": (final_end - now).days - 1,
         "days_to_notice_deadline": (notice_deadline - now).days,
         "today": now.isoformat(),
     }

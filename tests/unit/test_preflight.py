@@ -158,6 +158,27 @@ def test_a_malformed_date_is_refused_with_the_expected_form(inventory):
     assert "'21/10/2025' is not a calendar date in the form YYYY-MM-DD" in refused(inventory)
 
 
+def calendar_lines(inventory: Path, today: str) -> str:
+    done = preflight(inventory, "-e", f"preflight_today={today}")
+    assert done.returncode == 0, done.stdout[-2000:]
+    return " ".join(done.stdout.split()).replace("''", "'")  # YAML doubles an apostrophe in quotes
+
+
+def test_the_calendar_warns_three_months_before_the_last_day_to_give_notice(inventory):
+    assert "WARNING" not in calendar_lines(inventory, "2030-04-15")
+    said = calendar_lines(inventory, "2030-06-01")
+    assert "WARNING: the last day to give notice of termination is 2030-07-21, in 50 days" in said
+    assert "renews tacitly on 2030-10-21" in said
+    # After the deadline the next term's deadline counts; no warning until three months before it.
+    assert "WARNING" not in calendar_lines(inventory, "2030-08-01")
+
+
+def test_the_calendar_warns_three_months_before_the_convention_ends(inventory):
+    said = calendar_lines(inventory, "2035-09-01")
+    assert "WARNING: the convention's last day is 2035-10-20, in 49 days, with no tacit renewal left" in said
+    assert "the current term runs to 2035-10-20 inclusive, with no tacit renewal left" in said
+
+
 def test_a_pp_contact_without_an_email_is_refused(inventory):
     edit(inventory, CONVENTION, lambda d: d["halfbridge_contacts"]["pp"][1].pop("email"))
     assert "missing for: Officier de permanence DOPC" in refused(inventory)

@@ -23,6 +23,8 @@ description:
   - C(halfbridge_camera_endpoints) lists the distinct C(address), C(port) and C(family) (4 or 6)
     that the cameras' URLs point to, for the firewall; a camera named by a host name must give
     its C(ip) too, since a firewall rule holds addresses.
+  - C(halfbridge_referential_entry) gives what annex 4 tells the PP of a camera (id, name, site,
+    address, lat, lon, orientation), never its URL or account.
 """
 
 
@@ -69,10 +71,21 @@ def camera_endpoints(cameras: list) -> list[dict]:
     return [{"address": a, "port": p, "family": v} for v, _, p, a in sorted(found)]
 
 
+REFERENTIAL = ("id", "name", "site", "address", "lat", "lon", "orientation")
+
+
+def referential_entry(camera: Mapping) -> dict:
+    """What annex 4 says of a camera to the PP: no URL, no account (`orientation` only when known)."""
+    if not isinstance(camera, Mapping):
+        raise AnsibleFilterError(f"a camera of the referential is a mapping, not {camera!r}")
+    return {key: camera[key] for key in REFERENTIAL if camera.get(key) not in (None, "")}
+
+
 class FilterModule:
     def filters(self) -> dict:
         return {
             "halfbridge_camera_url": camera_url,
             "halfbridge_relay_camera": relay_camera,
             "halfbridge_camera_endpoints": camera_endpoints,
+            "halfbridge_referential_entry": referential_entry,
         }

@@ -170,6 +170,10 @@ def audit_main(argv: list[str] | None = None) -> int:
     ask.add_argument("--until", type=_date, help="before this date or time (UTC)")
     ask.add_argument("--result-field", "--field", action="append", default=[], metavar="NAME=VALUE")
     ask.add_argument("--csv", action="store_true", help="CSV for an auditor instead of JSON lines")
+    note = sub.add_parser("record", help="append one entry for a playbook (events change.* only)")
+    note.add_argument("event", help="change.emergency, change.notified...")
+    note.add_argument("--fields", default="{}", help="the entry's fields, a JSON object")
+    note.add_argument("--log", default="/var/log/halfbridge/audit.log", help="the audit log")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
@@ -183,6 +187,8 @@ def audit_main(argv: list[str] | None = None) -> int:
             state = "chain intact" if verdict.ok else f"{len(verdict.problems)} problem(s)"
             print(f"{verdict.entries} entries, {state}")
             return 0 if verdict.ok else 1
+        if args.command == "record":
+            return _audit_record(args.log, args.event, args.fields)
         match = dict(item.partition("=")[::2] for item in args.result_field)
         found = audit.query(args.files, args.event, args.since, args.until, match)
         if args.csv:
@@ -194,6 +200,28 @@ def audit_main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"halfbridge-audit: {exc.filename}: no such file", file=sys.stderr)
         return 2
+
+
+def _audit_record(log: str, event: str, fields: str) -> int:
+    """One entry written for a playbook; the daemons' own events cannot be forged this way."""
+    from halfbridge.audit import AuditError, AuditLog
+
+    if not event.startswith("change.") or len(event) > 64:
+        print(f"halfbridge-audit: record writes change.* events only, not {event!r}", file=sys.stderr)
+        return 2
+    try:
+        values = json.loads(fields)
+        if not isinstance(values, dict):
+            raise ValueError("not a JSON object")
+        entry = AuditLog(log).append(event, **values)
+    except ValueError as exc:
+        print(f"halfbridge-audit: record: {exc}", file=sys.stderr)
+        return 2
+    except AuditError as exc:
+        print(f"halfbridge-audit: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(entry, ensure_ascii=False))
+    return 0
 
 
 def interconnect_main(argv: list[str] | None = None) -> int:

@@ -192,3 +192,10 @@ def test_egress_openings_leave_the_closed_zones_closed():
 def test_a_wrong_egress_opening_is_refused_with_a_sentence(opening, sentence):
     with pytest.raises(AnsibleFilterError, match=sentence):
         net.egress_rules([opening], ["198.51.100.0/24"])
+
+
+def test_the_referential_entry_never_carries_the_url_or_the_account():
+    entry = load("halfbridge_camera").referential_entry
+    camera = {"id": "c1", "name": "N", "site": "S", "address": "A", "lat": 48.8, "lon": 2.1,
+              "rtsp_url": "rtsp://198.18.10.20/s", "username": "u", "password": "p", "orientation": None}  # fmt: skip
+    assert entry(camera) == {"id": "c1", "name": "N", "site": "S", "address": "A", "lat": 48.8, "lon": 2.1}

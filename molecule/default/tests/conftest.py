@@ -30,3 +30,8 @@ def lab_host():
 def cameras() -> list[dict]:
     """The camera referential as the gateway sees it (annex 4)."""
     return host_var("gw", "halfbridge_cameras")
+
+
+def pytest_collection_modifyitems(items):
+    """The incident's tests first: the scenario's side effect left the lab suspended, and they restore it."""
+    items.sort(key=lambda item: not item.nodeid.split("::")[0].endswith("test_incident.py"))

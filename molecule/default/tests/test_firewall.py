@@ -121,13 +121,17 @@ def test_the_management_network_reaches_health_and_metrics(lab_host, gw_addresse
     assert seen == {9108: "open"}
 
 
-def test_a_ruleset_nft_refuses_fails_the_play_and_leaves_the_running_one(lab_host, relay_port):
+def test_a_ruleset_nft_refuses_fails_the_play_and_leaves_the_running_one(lab_host, relay_port, tmp_path):
     gw = lab_host("gw")
     loaded, on_disk = ruleset(gw), gw.check_output("sha256sum /etc/halfbridge/firewall.nft")
     broken = {"interconnect_firewall_input_extra": ["tcp dport 70000 accept"]}
+    # The role alone (the package and the rest are deployed already).
+    playbook = tmp_path / "firewall.yml"
+    playbook.write_text('[{"hosts": "halfbridge_gateway", "roles": [{"role": "interconnect_firewall"}]}]')
     play = subprocess.run(
-        ["ansible-playbook", "-i", "inventories/lab", "playbooks/interconnect_firewall.yml", "-e", json.dumps(broken)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+        ["ansible-playbook", "-i", "inventories/lab", str(playbook), "-e", json.dumps(broken)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")},
     )  # fmt: skip
     assert play.returncode != 0
     assert "failed to validate" in play.stdout and "70000" in play.stdout, play.stdout[-3000:]

@@ -1,6 +1,12 @@
 """A critical incident (article 8): suspend cuts the PP at once and e-mails its contacts, a later
 site.yml keeps the cut, restore reopens and e-mails again; the audit log holds both, with their times.
 
+In `molecule test` the incident happens in the scenario's side effect (side_effect.yml), right
+after converge, while `pp` watches a live flow; molecule's idempotence step is then the later
+site.yml run, on the suspended lab, and fails if it changes anything. These tests run first in
+verify (conftest.py), find the lab still cut, and restore it. Against a lab without that side
+effect (`make lab`), the module's fixture plays the side effect and reruns site.yml itself.
+
 The e-mails are read back from the SMTP sink on `pp` (the PP contacts' mail server in the lab).
 """
 
@@ -18,10 +24,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests.support.inventory import ROOT, host_var
-from tests.support.waiting import wait_for
 
 INCIDENT = "INC-LAB-0042"
-REASON = "Compromission suspectée du poste d'exploitation"
 MAILDIR = "/var/lib/smtp-sink/Maildir/new"
 AGENT = ["--cacert", "/etc/halfbridge-pp/ca.crt", "--cert", "/etc/halfbridge-pp/agent.crt",
          "--key", "/etc/halfbridge-pp/agent.key"]  # fmt: skip
@@ -35,9 +39,9 @@ def play(*args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def mails(pp) -> dict[str, email.message.EmailMessage]:
-    """The sink's messages, by file name."""
-    names = pp.check_output(f"ls {MAILDIR}").split()
+def mails(pp, since: dt.datetime) -> dict[str, email.message.EmailMessage]:
+    """The sink's messages received since `since`, by file name (a Maildir name starts with its epoch second)."""
+    names = [n for n in pp.check_output(f"ls {MAILDIR}").split() if int(n.split(".")[0]) >= since.timestamp() - 1]
     return {
         name: email.message_from_bytes(pp.check_output(f"cat {MAILDIR}/{name}").encode(), policy=email.policy.default)
         for name in names
@@ -50,8 +54,11 @@ def status(pp, url: str) -> str:
     return done.stdout if done.rc == 0 else f"curl exit {done.rc}"
 
 
-def audit(gw, event: str) -> list[dict]:
-    return [json.loads(line) for line in gw.check_output(f'grep -a \'"event":"{event}"\' {AUDIT} || true').splitlines()]
+def audit(gw, event: str, since: dt.datetime) -> list[dict]:
+    """The audit entries of `event` that name INCIDENT, written since `since`."""
+    lines = gw.check_output(f'grep -a \'"event":"{event}"\' {AUDIT} | grep -a {INCIDENT} || true').splitlines()
+    entries = [json.loads(line) for line in lines]
+    return [e for e in entries if when(e["time"]) >= since - dt.timedelta(seconds=1)]
 
 
 def when(text: str) -> dt.datetime:
@@ -64,33 +71,30 @@ def relay() -> str:
 
 
 @pytest.fixture(scope="module")
-def incident(lab_host, relay, cameras):
-    """Suspend while a live flow is open; always restore at the end, so that later tests see an open interconnect."""
-    pp = lab_host("pp")
-    before = set(mails(pp))
-    live = f"{relay}/v1/cameras/{cameras[0]['id']}/live"
-    pp.run("rm -f /tmp/cut.ts /tmp/cut.out")
-    pp.run(" ".join(["nohup", "curl", "-sS", "--max-time", "90", "-o", "/tmp/cut.ts", *AGENT, live,
-                     ">/tmp/cut.out", "2>&1", "&"]))  # fmt: skip
-    wait_for(lambda: int(pp.run("stat -c %s /tmp/cut.ts").stdout or 0) > 100_000, 20, "the live flow to pp")
-    started = dt.datetime.now(dt.UTC)
-    # JSON, as docs/incident.md advises when the reason holds an apostrophe.
-    suspended = play("playbooks/interconnect-suspend.yml", "-e", json.dumps({"incident": INCIDENT, "reason": REASON}))
+def incident(lab_host):
+    """The lab as the side effect left it (suspended for INCIDENT); always restored at the end."""
+    gw, pp = lab_host("gw"), lab_host("pp")
+    state = json.loads(gw.check_output("/opt/halfbridge/venv/bin/halfbridge-interconnect status"))
+    if not state["suspended"]:
+        for playbook in ("molecule/default/side_effect.yml", "site.yml"):
+            done = play(playbook)
+            assert done.returncode == 0, done.stdout[-3000:]
+    started = when(pp.check_output("cat /tmp/incident-play-started").strip())
     try:
-        yield {"started": started, "suspended": suspended, "before": before}
+        yield {"started": started}
     finally:
         play("playbooks/interconnect-restore.yml", "-e", f"incident={INCIDENT}")
         pp.run("pkill -f '[c]url .*/tmp/cut.ts'")
 
 
-def test_the_suspension_cuts_the_open_flow_within_seconds_of_the_play(lab_host, incident, relay):
+def test_the_suspension_cut_the_open_flow_within_seconds_of_the_play(lab_host, incident, relay):
     gw, pp = lab_host("gw"), lab_host("pp")
-    assert incident["suspended"].returncode == 0, incident["suspended"].stdout[-3000:]
-    [cut] = [e for e in audit(gw, "interconnect.suspended") if e["incident"] == INCIDENT]
+    [cut] = audit(gw, "interconnect.suspended", incident["started"])
     assert when(cut["since"]) - incident["started"] < dt.timedelta(seconds=15)
     assert when(cut["notify_by"]) - when(cut["since"]) == dt.timedelta(hours=8)
-    [ended] = [e for e in audit(gw, "flow.end") if INCIDENT in e["ended"]]
-    assert when(ended["time"]) - when(cut["time"]) < dt.timedelta(seconds=3)
+    ended = audit(gw, "flow.end", incident["started"])
+    assert len(ended) == 1 and ended[0]["mode"] == "live"
+    assert when(ended[0]["time"]) - when(cut["time"]) < dt.timedelta(seconds=3)
     # The PP's side: the flow's bytes stopped, and nothing answers it any more.
     size = pp.check_output("stat -c %s /tmp/cut.ts")
     time.sleep(3)
@@ -98,14 +102,14 @@ def test_the_suspension_cuts_the_open_flow_within_seconds_of_the_play(lab_host, 
     assert status(pp, f"{relay}/v1/cameras") == "curl exit 28"
 
 
-def test_each_pp_contact_gets_one_suspension_email_in_french(lab_host, incident):
+def test_each_pp_contact_got_one_suspension_email_in_french(lab_host, incident):
     pp = lab_host("pp")
     contacts = host_var("gw", "halfbridge_contacts")
-    new = [m for name, m in mails(pp).items() if name not in incident["before"]]
-    cut = [m for m in new if m["X-Halfbridge-Incident"] == INCIDENT and "Interruption" in m["Subject"]]
+    got = mails(pp, incident["started"]).values()
+    cut = [m for m in got if m["X-Halfbridge-Incident"] == INCIDENT and "Interruption" in m["Subject"]]
     assert sorted(m["To"].addresses[0].addr_spec for m in cut) == sorted(c["email"] for c in contacts["pp"])
     body = cut[0].get_body(("plain",)).get_content()
-    since = next(e["since"] for e in audit(lab_host("gw"), "interconnect.suspended") if e["incident"] == INCIDENT)
+    since = audit(lab_host("gw"), "interconnect.suspended", incident["started"])[0]["since"]
     paris = when(since).astimezone(ZoneInfo("Europe/Paris")).strftime("%d/%m/%Y à %H:%M:%S")
     assert f"Référence de l'incident : {INCIDENT}" in body
     assert f"Heure de l'interruption : {paris} (heure de Paris)" in body
@@ -113,14 +117,14 @@ def test_each_pp_contact_gets_one_suspension_email_in_french(lab_host, incident)
     assert host_var("gw", "halfbridge_convention")["reference"] in cut[0]["Subject"]
 
 
-def test_a_later_site_run_keeps_the_interconnect_cut(lab_host, incident, relay):
-    pp = lab_host("pp")
-    count = len(mails(pp))
-    rerun = play("site.yml")
-    assert rerun.returncode == 0, rerun.stdout[-3000:]
-    assert f"suspended for incident {INCIDENT}" in rerun.stdout
+def test_the_later_site_run_kept_the_interconnect_cut(lab_host, incident, relay):
+    gw, pp = lab_host("gw"), lab_host("pp")
+    # site.yml ran after the suspension (molecule's idempotence step, or the fixture): the ruleset
+    # it rendered still cuts the PP, the PP still meets silence, and no second notice went out.
+    assert f"Suspended for incident {INCIDENT}" in gw.check_output("cat /etc/halfbridge/firewall.nft")
     assert status(pp, f"{relay}/v1/cameras") == "curl exit 28"
-    assert len(mails(pp)) == count  # no second notice
+    notices = [m for m in mails(pp, incident["started"]).values() if "Interruption" in m["Subject"]]
+    assert len(notices) == len(host_var("gw", "halfbridge_contacts")["pp"])
 
 
 def test_restore_reopens_emails_the_restoration_and_the_audit_log_holds_both(lab_host, incident, relay):
@@ -129,13 +133,15 @@ def test_restore_reopens_emails_the_restoration_and_the_audit_log_holds_both(lab
     assert restored.returncode == 0, restored.stdout[-3000:]
     assert status(pp, f"{relay}/v1/cameras") == "200"
     back = [
-        m for m in mails(pp).values() if m["X-Halfbridge-Incident"] == INCIDENT and "Rétablissement" in m["Subject"]
+        m
+        for m in mails(pp, incident["started"]).values()
+        if m["X-Halfbridge-Incident"] == INCIDENT and "Rétablissement" in m["Subject"]
     ]
     assert len(back) == len(host_var("gw", "halfbridge_contacts")["pp"])
     assert "Heure du rétablissement :" in back[0].get_body(("plain",)).get_content()
-    [cut] = [e for e in audit(gw, "interconnect.suspended") if e["incident"] == INCIDENT]
-    [reopened] = [e for e in audit(gw, "interconnect.restored") if e["incident"] == INCIDENT]
-    told = {e["kind"]: e for e in audit(gw, "interconnect.notified") if e["incident"] == INCIDENT}
+    [cut] = audit(gw, "interconnect.suspended", incident["started"])
+    [reopened] = audit(gw, "interconnect.restored", incident["started"])
+    told = {e["kind"]: e for e in audit(gw, "interconnect.notified", incident["started"])}
     assert cut["seq"] < told["suspension"]["seq"] < reopened["seq"] < told["restoration"]["seq"]
     assert told["suspension"]["late"] is False
     assert when(reopened["restored_at"]) > when(cut["since"])

@@ -37,7 +37,10 @@ options:
   emergency: {description: An incident reference that lets an unnotified change through., type: str, default: ""}
   audit_command: {description: halfbridge-audit on the host, to record an emergency., type: path}
   audit_user: {description: The user that writes the audit log., type: str, default: halfbridge}
+  audit_log: {description: The audit log on the host (notices sent by change-notice.yml)., type: path}
   record: {description: Write the baseline instead of checking., type: bool, default: false}
+  preview: {description: Only say what differs and when a notice sent today lets O(change) go live., type: bool}
+  change: {description: With O(preview), the change of the register a notice is about., type: str}
 """
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -115,7 +118,7 @@ class ActionModule(ActionBase):
     _VALID_ARGS = frozenset(
         (
             *("fingerprint", "baseline", "changes", "notice_days", "today"),
-            *("emergency", "audit_command", "audit_user", "record"),
+            *("emergency", "audit_command", "audit_user", "audit_log", "record", "preview", "change"),
         )
     )
 
@@ -138,15 +141,25 @@ class ActionModule(ActionBase):
             }
         if args.get("record"):
             return self._record(result, str(args["baseline"]), fingerprint, baseline, task_vars)
+        notice_days = int(args.get("notice_days", 30))
+        today = parse_day(args["today"], "today") if args.get("today") else paris_today()
+        if args.get("preview"):
+            sent = self._sent_notices(task_vars)
+            return self._preview(result, str(args.get("change") or ""), sent, notice_days, today)
         if baseline is None:
             result["msg"] = "No baseline yet: this first deployment sets what the PP sees."
             return result
         if not diff:
             result["msg"] = "Nothing the PP sees of the interconnect changes."
             return result
-        notice_days = int(args.get("notice_days", 30))
-        today = parse_day(args["today"], "today") if args.get("today") else paris_today()
-        change, reasons, earliest = covering_change(list(args.get("changes") or []), notice_days, today)
+        sent = self._sent_notices(task_vars)  # a notice sent by change-notice.yml counts as notified_on
+        changes = [
+            {**c, "notified_on": sent[c["id"]]}
+            if isinstance(c, Mapping) and not c.get("notified_on") and sent.get(c.get("id"))
+            else c
+            for c in (args.get("changes") or [])
+        ]
+        change, reasons, earliest = covering_change(changes, notice_days, today)
         if change is not None:
             result["change"] = change
             result["msg"] = (
@@ -167,7 +180,44 @@ class ActionModule(ActionBase):
             "For an emergency, rerun with -e change_window_emergency=<incident reference>."
         )
 
+    def _preview(self, result, name, sent, notice_days, today):
+        """What a notice sent today would say: the differences, and the earliest day the change may go live."""
+        register = {str(c.get("id")): c for c in self._task.args.get("changes") or [] if isinstance(c, Mapping)}
+        if name not in register:
+            raise AnsibleActionFail(f"{name!r} is not in halfbridge_changes: record the change there first")
+        change = register[name]
+        planned = parse_day(change["planned_for"], f"{name} planned_for") if change.get("planned_for") else today
+        result.update(
+            change=dict(change),
+            today=today.isoformat(),
+            sent_on=sent.get(name),
+            earliest=max(earliest_go_live(today, notice_days), planned).isoformat(),
+            msg=f"Differences from the last deployment: {summary(result['differences']) or 'none'}",
+        )
+        return result
+
     # -- on the host --------------------------------------------------------
+
+    def _sent_notices(self, task_vars) -> dict[str, str]:
+        """The day each change's notice was sent (change-notice.yml records change.notified), the first one."""
+        command, log = self._task.args.get("audit_command"), self._task.args.get("audit_log")
+        if not command or not log:
+            return {}
+        answer = self._execute_module(
+            "ansible.builtin.command",
+            {"argv": [command, "query", str(log), "--event", "change.notified"]},
+            task_vars=task_vars,
+        )
+        if answer.get("rc") == 2 and "no such file" in str(answer.get("stderr")):
+            return {}  # no audit log yet: nothing was sent
+        if answer.get("rc", 1) != 0:
+            raise AnsibleActionFail(f"cannot read the sent notices from the audit log: {answer.get('stderr')}")
+        sent: dict[str, str] = {}
+        for line in str(answer.get("stdout", "")).splitlines():
+            entry = json.loads(line)
+            name, day = str(entry.get("change")), str(entry.get("sent_on"))
+            sent[name] = min(sent.get(name, day), day)
+        return sent
 
     def _read_baseline(self, path: str, task_vars) -> dict | None:
         answer = self._execute_module("ansible.builtin.slurp", {"src": path}, task_vars=task_vars)

@@ -114,7 +114,7 @@ def run(tmp_path: Path, fingerprint=None, changes=(), record=False, check=False,
                     },
                     "register": "answer",
                 },
-                {"ansible.builtin.debug": {"msg": "{{ answer.msg }}"}},
+                {"ansible.builtin.debug": {"msg": "{{ answer.msg }} EARLIEST={{ answer.earliest | default('') }}"}},
             ],
         }
     ]
@@ -194,3 +194,28 @@ def test_audit_record_writes_change_events_only(tmp_path, capsys):
     assert audit_main(["record", "change.x", "--fields", '{"seq": 9}', "--log", str(log)]) == 2
     assert "change.* events only" in capsys.readouterr().err
     assert [json.loads(line)["event"] for line in log.read_text().splitlines()] == ["change.notified"]
+
+
+def test_a_notice_recorded_by_change_notice_counts_when_the_register_has_no_date(deployed):
+    from halfbridge.audit import AuditLog
+
+    log = deployed / "audit.log"
+    moved = {**FINGERPRINT, "max_simultaneous_flows": 9}
+    undated = [{"id": "CHG-9", "summary": "quota", "major": True}]
+    refused = run(deployed, moved, changes=undated, audit_log=str(log))
+    assert refused.returncode != 0 and "CHG-9 was never notified" in said(refused)
+    AuditLog(log).append("change.notified", change="CHG-9", sent_on="2026-10-30", to=["a@pp"])
+    done = run(deployed, moved, changes=undated, audit_log=str(log))
+    assert done.returncode == 0, said(done)[-1500:]
+    assert "Change CHG-9 (notified on 2026-10-30" in said(done)
+
+
+def test_the_preview_says_what_differs_and_the_earliest_day_of_a_notice_sent_today(deployed):
+    moved = {**FINGERPRINT, "relay": {"address": "198.51.100.10", "port": 9443}}
+    register = [{"id": "CHG-5", "summary": "port", "major": True, "planned_for": "2027-02-01"}, change("CHG-6")]
+    done = run(deployed, moved, changes=register, preview=True, change="CHG-6", audit_log=str(deployed / "none.log"))
+    assert done.returncode == 0 and "Differences from the last deployment: relay.port: 8443 -> 9443" in said(done)
+    assert "EARLIEST=2026-12-29" in said(done)  # a notice sent on 29 November: live from 29 December
+    later = run(deployed, moved, changes=register, preview=True, change="CHG-5", audit_log=str(deployed / "none.log"))
+    assert later.returncode == 0 and "EARLIEST=2027-02-01" in said(later)  # planned later than the notice allows
+    assert run(deployed, moved, changes=register, preview=True, change="CHG-7").returncode != 0  # not in the register

@@ -8,6 +8,8 @@ change_baseline.yml), so that the lab is not redeployed; the baseline is put bac
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
 import json
 import os
 import subprocess
@@ -97,3 +99,34 @@ def test_an_emergency_change_goes_through_and_is_in_the_audit_log(lab_host, peer
     assert entry["incident"] == "INC-LAB-0099"
     assert entry["changes"][0]["path"] == "pp_peers" and "198.51.100.40/32" in entry["changes"][0]["after"]
     assert lab_host("gw").run(f"/opt/halfbridge/venv/bin/halfbridge-audit verify {AUDIT}").rc == 0
+
+
+def test_the_change_notice_tells_each_pp_contact_once_and_starts_the_30_days(lab_host, peers_added):
+    gw, pp = lab_host("gw"), lab_host("pp")
+    undated = {"halfbridge_changes": [{"id": "CHG-LAB-2", "summary": "Deuxième adresse de la demi-passerelle PP",
+                                       "major": True}]}  # fmt: skip
+    extra = {**peers_added, **undated, "change": "CHG-LAB-2"}
+    sent = play("playbooks/change-notice.yml", extra=extra)
+    assert sent.returncode == 0, sent.stdout[-3000:]
+    names = pp.check_output("grep -l 'X-Halfbridge-Change: CHG-LAB-2' /var/lib/smtp-sink/Maildir/new/* || true").split()
+    notices = [
+        email.message_from_bytes(pp.check_output(f"cat {n}").encode(), policy=email.policy.default) for n in names
+    ]
+    contacts = host_var("gw", "halfbridge_contacts")["pp"]
+    assert sorted(m["To"].addresses[0].addr_spec for m in notices) == sorted(c["email"] for c in contacts)
+    body = notices[0].get_body(("plain",)).get_content()
+    assert "Référence du changement : CHG-LAB-2" in body and "pp_peers" in body and "198.51.100.40/32" in body
+    assert f"Mise en service au plus tôt le : {ago(-30)}" in body
+    [entry] = [json.loads(line) for line in gw.check_output(f"grep -a CHG-LAB-2 {AUDIT}").splitlines()]
+    assert entry["event"] == "change.notified" and entry["sent_on"] == ago(0) and entry["earliest"] == ago(-30)
+
+    again = play("playbooks/change-notice.yml", extra=extra)
+    assert again.returncode == 0 and f"The notice of CHG-LAB-2 was sent on {ago(0)}" in said(again)
+    assert (
+        len(pp.check_output("grep -l 'X-Halfbridge-Change: CHG-LAB-2' /var/lib/smtp-sink/Maildir/new/*").split()) == 2
+    )
+
+    # The change window counts from the day the notice left: 30 days to go.
+    refused = play("playbooks/change_window.yml", extra=extra)
+    assert refused.returncode != 0
+    assert f"CHG-LAB-2, notified on {ago(0)}, may go live on {ago(-30)}" in said(refused)

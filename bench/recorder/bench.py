@@ -5,7 +5,9 @@ side by side, for the same wall time. The baseline is the bare command
 
     ffmpeg -rtsp_transport tcp -i URL -map 0:v -c copy -f segment -segment_format mpegts ...
 
-and ours is halfbridge-recorder (its supervisor and its ffmpeg child). CPU
+and ours is halfbridge-recorder (its supervisor and its ffmpeg child), with
+its live tap as deployed (ffmpeg's second output into a pipe, read a few times a
+second; no live flow connected: what a flow adds is the relay bench's). CPU
 time is what the kernel accounted to each process tree (user + system),
 read when each has been reaped. Target: ratio at most 1.10.
 
@@ -52,7 +54,8 @@ def main() -> int:
             config.write_text(
                 json.dumps(
                     {"camera": camera.id, "url": camera.url, "store_root": str(work / "ours"),
-                     "state_dir": str(work / "state"), "segment_seconds": 10, "keep_audio": False}
+                     "state_dir": str(work / "state"), "segment_seconds": 10, "keep_audio": False,
+                     "live_socket": str(work / "live.sock")}
                 )
             )  # fmt: skip
             baseline_cmd = [

@@ -1,7 +1,7 @@
 """The camera URL a daemon opens: the referential's RTSP URL with its account put in.
 
-The recorder and the relay each get it in a configuration file only their
-service account reads; the referential keeps URL and credentials apart (the
+The recorder gets it in a configuration file only its service account reads
+(the relay never sees it: live flows come from the recorder); the referential keeps URL and credentials apart (the
 password lives in the vault).
 """
 
@@ -19,7 +19,6 @@ short_description: A camera's RTSP URL with its username and password, percent-e
 description:
   - Takes one camera of C(halfbridge_cameras) (C(rtsp_url), optional C(username) and C(password))
     and returns C(rtsp://user:password@host:port/path), any account already in the URL replaced.
-  - C(halfbridge_relay_camera) gives the relay's view of a camera (id, name, site, url with its account).
   - C(halfbridge_camera_endpoints) lists the distinct C(address), C(port) and C(family) (4 or 6)
     that the cameras' URLs point to, for the firewall; a camera named by a host name must give
     its C(ip) too, since a firewall rule holds addresses.
@@ -41,12 +40,6 @@ def camera_url(camera: Mapping) -> str:
     if username:
         host = f"{quote(username, safe='')}:{quote(password, safe='')}@{host}"
     return urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
-
-
-def relay_camera(camera: Mapping) -> dict:
-    """What the relay's configuration says of a camera: its id, name, site and URL with its account."""
-    url = camera_url(camera)
-    return {"id": camera.get("id"), "name": camera.get("name", ""), "site": camera.get("site", ""), "url": url}
 
 
 def camera_endpoints(cameras: list) -> list[dict]:
@@ -85,7 +78,6 @@ class FilterModule:
     def filters(self) -> dict:
         return {
             "halfbridge_camera_url": camera_url,
-            "halfbridge_relay_camera": relay_camera,
             "halfbridge_camera_endpoints": camera_endpoints,
             "halfbridge_referential_entry": referential_entry,
         }

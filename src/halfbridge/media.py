@@ -28,8 +28,6 @@ class ProbeError(RuntimeError):
 TS_AUDIO_CODECS = frozenset({"aac", "mp2", "mp3", "ac3", "eac3", "opus"})
 # What ffmpeg may open on the way to a camera. `file` reads the ffconcat file.
 PROTOCOLS = "file,rtsp,rtp,srtp,tcp,udp,tls,rtsps,crypto"
-# No stream analysis before copying: the first packet goes out as soon as it arrives.
-FAST_START = {"analyzeduration": 0, "probesize": 32}
 
 
 @dataclass(frozen=True)
@@ -58,21 +56,17 @@ def is_stream_url(url: str) -> bool:
     return url.split("://", 1)[0] in {"rtsp", "rtsps"}
 
 
-def ffconcat_text(url: str, timeout: float, fast_start: bool = False) -> str:
+def ffconcat_text(url: str, timeout: float) -> str:
     """An ffconcat playlist naming one camera, with its RTSP options.
 
     ffmpeg reads a camera's URL, credentials included, from this file rather
     than from its command line, which every user of the host can read in ps.
-    `fast_start` skips the probing of the stream (its parameters come with the
-    RTSP session): the first keyframe goes out a second sooner, for live viewing.
     """
     if "'" in url or "\n" in url:
         raise ProbeError(f"{redact(url)}: a camera URL may not contain quotes or line breaks")
     lines = ["ffconcat version 1.0", f"file '{url}'"]
     if is_stream_url(url):
         lines += ["option rtsp_transport tcp", f"option timeout {int(timeout * 1_000_000)}"]
-    if fast_start:
-        lines += [f"option {key} {value}" for key, value in FAST_START.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -185,13 +179,17 @@ def record_command(
     segment_seconds: int,
     keep_audio: bool,
     stats_period: float = 2.0,
+    live_fd: int | None = None,
 ) -> list[str]:
     """ffmpeg copying a camera into clock-aligned MPEG-TS segments, with progress on stdout.
 
     `source` is an ffconcat file (see `ffconcat_text`) or a media file;
     `pattern` is a strftime pattern (run ffmpeg with TZ=UTC); each finished
     segment is appended to the CSV `segment_list` with its start and end,
-    relative to the first packet.
+    relative to the first packet. With `live_fd`, the same video also goes, as
+    one MPEG-TS stream, into that file descriptor (a pipe the recorder's live
+    tap reads, see `halfbridge.live`): one RTSP session feeds the recording and
+    every live flow.
     """
     if source.endswith(".ffconcat"):
         stream = ffmpeg.input(source, f="concat", safe=0, protocol_whitelist=PROTOCOLS)
@@ -209,20 +207,11 @@ def record_command(
         strftime=1,
         segment_list=segment_list,
         segment_list_type="csv",
-    ).global_args(
+    )
+    if live_fd is not None:
+        live = ffmpeg.output(stream["v:0"], f"pipe:{live_fd}", c="copy", f="mpegts", muxdelay=0, muxpreload=0)
+        out = ffmpeg.merge_outputs(out, live)
+    out = out.global_args(
         "-hide_banner", "-nostdin", "-loglevel", "warning", "-progress", "pipe:1", "-stats_period", f"{stats_period:g}"
     )
     return ffmpeg.compile(out, cmd="ffmpeg", overwrite_output=True)
-
-
-def live_command(source: str) -> list[str]:
-    """ffmpeg remuxing a camera (an ffconcat file, see `ffconcat_text` with `fast_start`) into MPEG-TS on stdout.
-
-    Only the video goes out: a camera's audio is neither recorded in every codec nor asked for by the PP.
-    Each frame is flushed as soon as it is muxed, without a mux delay.
-    """
-    stream = ffmpeg.input(source, f="concat", safe=0, protocol_whitelist=PROTOCOLS, fflags="nobuffer", **FAST_START)
-    out = ffmpeg.output(
-        stream["v:0"], "pipe:1", c="copy", f="mpegts", flush_packets=1, muxdelay=0, muxpreload=0
-    ).global_args("-hide_banner", "-nostdin", "-loglevel", "error")
-    return ffmpeg.compile(out, cmd="ffmpeg")

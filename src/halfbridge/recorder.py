@@ -9,6 +9,9 @@ when), then at most once per `still_down_log_seconds`, never in a loop that
 floods the journal. A segment cut short by a crash (of ffmpeg or of the
 supervisor itself) is measured when the supervisor starts again and indexed
 with the flag `recovered`.
+
+With `live_socket`, ffmpeg also writes the camera's video into a pipe that the
+live tap (`halfbridge.live`) fans out to the relay's live flows.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 from halfbridge import media
 from halfbridge.audit import AuditError, AuditLog
 from halfbridge.config import load_or_exit
+from halfbridge.live import LiveTap
 from halfbridge.store import Segment, Store, iso, segment_day, segment_time, utc
 
 log = logging.getLogger("halfbridge.recorder")
@@ -57,13 +61,14 @@ class RecorderConfig:
     still_down_log_seconds: float = 600.0
     keep_audio: bool | None = None  # None: decided by probing the camera
     audit_log: Path | None = None  # where outages and recoveries are recorded for auditors
+    live_socket: Path | None = None  # where the relay's live flows connect (halfbridge.live); None: no live tap
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RecorderConfig:
         """Read a camera's JSON configuration; a missing key or a bad value is a sentence."""
         required = ("camera", "url", "store_root", "state_dir")
         config = load_or_exit(
-            cls, "halfbridge-recorder", path, required, paths=("store_root", "state_dir", "audit_log")
+            cls, "halfbridge-recorder", path, required, paths=("store_root", "state_dir", "audit_log", "live_socket")
         )
         if config.segment_seconds < 2 or config.watchdog_seconds <= 0 or config.backoff_cap < config.backoff_initial:
             raise SystemExit(
@@ -132,6 +137,7 @@ class Recorder:
         self.status_path = config.state_dir / f"{config.camera}.status.json"
         self.playlist_path = config.state_dir / f"{config.camera}.ffconcat"
         self.run_path = config.state_dir / f"{config.camera}.run.json"
+        self.live = LiveTap(config.live_socket, config.camera) if config.live_socket else None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -142,6 +148,14 @@ class Recorder:
         self.recover()
         self.write_status()
         log.info("camera %s: recording to %s", self.config.camera, self.store.camera_dir(self.config.camera))
+        if self.live is not None:
+            try:
+                self.live.open()
+            except OSError as exc:  # the recording matters more than live viewing: go on without it
+                log.error(
+                    "camera %s: no live viewing: cannot listen on %s: %s", self.config.camera, self.live.path, exc
+                )
+                self.live = None
         while not self.stopping:
             self.step()
             # Fast while a run starts (to anchor it), then once a second: a finished
@@ -151,6 +165,8 @@ class Recorder:
         if self.run is not None:
             self.stop_run("the recorder is stopping")
             self.run_ended(self.clock(), "the recorder is stopping")
+        if self.live is not None:
+            self.live.close()
         self.write_status()
         return 0
 
@@ -190,21 +206,32 @@ class Recorder:
         media.write_private(self.playlist_path, media.ffconcat_text(self.config.url, self.config.rtsp_timeout))
         list_path = self.config.state_dir / f"{self.config.camera}.segments.csv"
         list_path.unlink(missing_ok=True)
+        live = os.pipe() if self.live is not None else None  # (read end for the tap, write end for ffmpeg)
         command = media.record_command(
             str(self.playlist_path),
             self.store.segment_pattern(self.config.camera),
             str(list_path),
             self.config.segment_seconds,
             bool(self.keep_audio),
+            live_fd=live[1] if live else None,
         )
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "TZ": "UTC"},
-            preexec_fn=_die_with_parent,
-        )
+        try:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={**os.environ, "TZ": "UTC"},
+                preexec_fn=_die_with_parent,
+                pass_fds=live[1:] if live else (),
+            )
+        except BaseException:
+            for fd in live or ():
+                os.close(fd)
+            raise
+        if live:
+            os.close(live[1])  # ffmpeg holds the write end: its exit is the pipe's end
+            self.live.follow(live[0])
         self.run = Run(process=process, started=now, list_path=list_path, last_growth=now)
         self.run_path.write_text(json.dumps({"started": now, "anchor": None, "last_end": None}))
         for stream, sink in ((process.stdout, self._on_progress), (process.stderr, self._on_stderr)):

@@ -3,8 +3,9 @@
 An HTTPS service on the interconnect (aiohttp). Every request presents a client
 certificate; every flow holds a lease of the quota daemon for as long as the
 client reads, renewed every few seconds, and released when the flow ends (or
-left to expire if the relay dies). Live flows are the camera's stream remuxed
-by ffmpeg without transcoding; playback sends the recorded MPEG-TS bytes from
+left to expire if the relay dies). Live flows are the camera's stream as its
+recorder receives it, from the recorder's live tap (`halfbridge.live`), never
+transcoded; playback sends the recorded MPEG-TS bytes from
 the keyframe at or before the asked start (see `halfbridge.ts`). Every request,
 accepted or refused, and every flow's start and end go to the audit log.
 
@@ -22,15 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import datetime as dt
-import fcntl
 import logging
 import os
-import signal
 import ssl
-import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +36,6 @@ from aiohttp import web
 from halfbridge.audit import AuditError, AuditLog
 from halfbridge.config import load_or_exit
 from halfbridge.interconnect import Interconnect, Suspension
-from halfbridge.media import ffconcat_text, live_command, redact, write_private
 from halfbridge.metrics import exposition, family, gauge
 from halfbridge.quotad import AsyncQuotaClient, QuotaError
 from halfbridge.store import CAMERA_ID_RE, Segment, Store, iso, spans
@@ -49,10 +44,10 @@ from halfbridge.ts import TsError, end_offset, start_offset, tables
 log = logging.getLogger("halfbridge.relay")
 
 CHUNK = 65536
-# A live flow writes what ffmpeg gave at most this often (seconds): the latency it adds.
-LIVE_BATCH = 0.25
-# The pipe from a live ffmpeg holds this much (the kernel's default is 64 KiB).
-PIPE_SIZE = 1 << 20
+# A live flow reads at most this much from its recorder's tap at once.
+LIVE_READ = 1 << 20
+# A live flow that gets nothing for this long ends (the recorder's watchdog acts sooner).
+LIVE_SILENCE = 30.0
 # Real-time playback sends up to this many seconds of recording ahead of the clock.
 PACE_LEAD = 1.0
 PROBLEM = "application/problem+json"
@@ -71,14 +66,13 @@ class RelayConfig:
     store_root: Path
     quotad_socket: Path
     audit_log: Path
-    runtime_dir: Path
-    cameras: list[dict] = field(default_factory=list)  # id, name, site, url
+    live_dir: Path  # the recorders' live sockets, CAMERA.sock (halfbridge.live)
+    cameras: list[dict] = field(default_factory=list)  # id, name, site
     management_host: str = "127.0.0.1"
     management_port: int = 9108
     retention_days: int = 10
     max_range_seconds: int = 86400
     segment_seconds: int = 60
-    rtsp_timeout: float = 10.0
     renew_seconds: float = 5.0
     # The interconnect's state file (halfbridge.interconnect): while it says suspended, every
     # request is refused and open flows end. None: no suspension (tests of the relay alone).
@@ -87,12 +81,12 @@ class RelayConfig:
     @classmethod
     def load(cls, path: str | os.PathLike) -> RelayConfig:
         paths = ("tls_certificate", "tls_key", "tls_client_ca", "store_root", "quotad_socket", "audit_log")
-        required = ("listen_host", "listen_port", *paths, "runtime_dir")
-        paths += ("runtime_dir", "interconnect_state")
+        required = ("listen_host", "listen_port", *paths, "live_dir")
+        paths += ("live_dir", "interconnect_state")
         config = load_or_exit(cls, "halfbridge-relay", path, required, paths)
         for camera in config.cameras:
-            if not isinstance(camera, dict) or not camera.get("url") or not CAMERA_ID_RE.match(str(camera.get("id"))):
-                raise SystemExit(f"halfbridge-relay: {path}: every camera needs a valid id and a url: {camera!r}")
+            if not isinstance(camera, dict) or not CAMERA_ID_RE.match(str(camera.get("id"))):
+                raise SystemExit(f"halfbridge-relay: {path}: every camera needs a valid id: {camera!r}")
         if not 1 <= config.retention_days <= 30 or config.max_range_seconds < 1 or config.renew_seconds <= 0:
             raise SystemExit(
                 f"halfbridge-relay: {path}: retention_days must be 1 to 30, "
@@ -158,11 +152,6 @@ def identity(request: web.Request) -> dict:
     }
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """ffmpeg children die with the relay, even when it is killed with SIGKILL."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 @dataclass
 class Metrics:
     requests: dict[int, int] = field(default_factory=dict)
@@ -196,16 +185,6 @@ class Relay:
         # A presented certificate must verify; a request without one gets a readable 403, not a bare reset.
         context.verify_mode = ssl.CERT_OPTIONAL
         return context
-
-    def write_playlists(self) -> None:
-        """One private ffconcat file per camera: the URL and its credentials stay off ffmpeg's command line."""
-        self.config.runtime_dir.mkdir(parents=True, exist_ok=True)
-        for camera_id, camera in self.cameras.items():
-            playlist = ffconcat_text(camera["url"], self.config.rtsp_timeout, fast_start=True)
-            write_private(self._playlist(camera_id), playlist)
-
-    def _playlist(self, camera_id: str) -> Path:
-        return self.config.runtime_dir / f"{camera_id}.ffconcat"
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard])
@@ -533,46 +512,43 @@ class Relay:
                 return f"the flow's lease was lost ({answer.get('message')})"
 
     async def _live_source(self, camera: dict):
-        """The camera's stream remuxed by ffmpeg; ffmpeg is always killed and reaped.
+        """The camera's live stream, from its recorder's live tap (see `halfbridge.live`).
 
-        The pipe is read on a timer, not on every write of ffmpeg (one per frame): every
-        LIVE_BATCH seconds what arrived goes out in one write, a few system calls a second
-        instead of dozens. Until the first bytes arrive it is looked at every 20 ms.
+        The tap sends the stream's tables and the group since the last keyframe at once, then
+        the stream as the camera sends it; it closes the connection when the camera's run ends.
+        No ffmpeg runs here, and the relay never holds a camera's credentials.
         """
-        with tempfile.TemporaryFile() as stderr:
-            process = subprocess.Popen(  # reaped below, whatever happens
-                live_command(str(self._playlist(camera["id"]))),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                preexec_fn=_die_with_parent,
-            )
-            pipe = process.stdout.fileno()
-            os.set_blocking(pipe, False)
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # a second of a camera, whatever its bitrate
-            try:
-                started = False
-                while True:
-                    await asyncio.sleep(LIVE_BATCH if started else 0.02)
-                    try:
-                        chunk = os.read(pipe, PIPE_SIZE)
-                    except BlockingIOError:
-                        continue
-                    if not chunk:
-                        break  # ffmpeg ended (the camera went away)
-                    started = True
-                    yield chunk
-            finally:
-                if process.poll() is None:
-                    process.kill()
-                await asyncio.to_thread(process.wait)
-                process.stdout.close()
-                if process.returncode not in (0, -signal.SIGKILL):
-                    stderr.seek(0)
-                    text = stderr.read(8192).decode("utf-8", "replace").replace(camera["url"], redact(camera["url"]))
-                    last = text.strip().splitlines()[-1:] or [f"exit status {process.returncode}"]
-                    log.warning("live %s: ffmpeg: %s", camera["id"], last[0])
+        path = self.config.live_dir / f"{camera['id']}.sock"
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(path), limit=LIVE_READ)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise Problem(
+                502, "camera-unavailable", f"camera {camera['id']} is not being recorded: its recorder is not running"
+            ) from None
+        except OSError as exc:
+            raise Problem(
+                502, "camera-unavailable", f"camera {camera['id']}: its live stream is unreachable ({exc})"
+            ) from None
+        try:
+            first = True
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(reader.read(LIVE_READ), LIVE_SILENCE)
+                except TimeoutError:
+                    log.warning("live %s: nothing from the camera for %g s; the flow ends", camera["id"], LIVE_SILENCE)
+                    chunk = b""
+                if not chunk:
+                    if first:
+                        raise Problem(
+                            502,
+                            "camera-unavailable",
+                            f"camera {camera['id']} is not sending right now: it may be down (see /v1/cameras)",
+                        )
+                    return  # the camera's run ended: the flow ends with it
+                first = False
+                yield chunk
+        finally:
+            writer.close()
 
     async def _recorded_source(self, camera_id: str, segments: list[Segment], start: float, end: float, realtime: bool):
         """The recorded bytes of [start, end): the first segment from its keyframe at or before `start`.
@@ -719,7 +695,6 @@ class Relay:
     # -- running -----------------------------------------------------------
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
-        self.write_playlists()
         runners = []
         try:
             for app, host, port, context in (

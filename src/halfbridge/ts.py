@@ -96,6 +96,22 @@ def keyframes(data: bytes) -> list[Keyframe]:
     ]
 
 
+def last_keyframe(data: bytes) -> int | None:
+    """Byte offset of the last video keyframe in `data` (whole packets), or None; read from the end."""
+    view = memoryview(data)
+    for offset in range(len(data) - len(data) % PACKET - PACKET, -1, -PACKET):
+        # payload_unit_start, an adaptation field with the random access indicator, then a video PES.
+        if (
+            data[offset + 1] & 0x40
+            and data[offset + 3] & 0x20
+            and data[offset + 4]
+            and data[offset + 5] & 0x40
+            and _video_pts(view[offset : offset + PACKET]) is not None
+        ):
+            return offset
+    return None
+
+
 def first_pts(data: bytes) -> float | None:
     """The PTS of the first video PES of a file."""
     return next((pts for _o, _p, packet in packets(data) if (pts := _video_pts(packet)) is not None), None)

@@ -8,10 +8,10 @@ import signal
 import subprocess
 import time
 import urllib.parse
-from pathlib import Path
 
 import pytest
 
+from halfbridge import ts
 from halfbridge.audit import verify
 from halfbridge.quotad import QuotaClient
 from halfbridge.store import SEGMENT_STRFTIME, Segment, Store, iso, utc
@@ -61,12 +61,13 @@ def _put_segments(store_root, clips, first: float) -> list[Segment]:
 @pytest.fixture
 def lab(tmp_path, camera, clips):
     cameras = [
-        {"id": camera.id, "name": "Simulated", "site": "Test", "url": camera.url},
-        {"id": RECORDED, "name": "Recorded", "site": "Test", "url": "rtsp://127.0.0.1:9/none"},
+        {"id": camera.id, "name": "Simulated", "site": "Test"},
+        {"id": RECORDED, "name": "Recorded", "site": "Test"},
     ]
     relay = RelayLab(tmp_path, cameras)
     relay.segments = _put_segments(relay.store, clips, time.time() - 600)
     relay.start()
+    relay.record(camera)
     yield relay
     relay.stop()
 
@@ -99,7 +100,10 @@ def test_live_flow_yields_h264_at_once_and_frees_its_slot(lab, camera):
     response = lab.open(f"/v1/cameras/{camera.id}/live")
     assert response.status == 200
     assert response.headers["Content-Type"] == "video/mp2t"
-    data = b""
+    data = response.read1(65536)
+    # The recorder's tap sends the tables, then the group since the last keyframe: a whole picture at once.
+    assert ts.tables(data) == data[: 2 * ts.PACKET]
+    assert ts.keyframes(data[2 * ts.PACKET :])[0].offset == 0
     while len(data) < 150_000:
         data += response.read1(65536)
     probe = subprocess.run(
@@ -112,9 +116,39 @@ def test_live_flow_yields_h264_at_once_and_frees_its_slot(lab, camera):
     wait_for(lambda: QuotaClient(lab.socket).leases()["in_use"] == 0, 10, "the live flow's slot to be released")
     end = wait_for(lambda: [e for e in lab.audit() if e["event"] == "flow.end"], 10, "the flow.end entry")[0]
     assert end["mode"] == "live" and end["agent"] == "agent-dupont" and end["bytes"] >= 150_000
-    # ffmpeg was reaped: no child of the relay is left.
-    children = subprocess.run(["pgrep", "-P", str(lab.relay.pid)], capture_output=True, text=True).stdout.split()
-    assert children == []
+
+
+def test_live_flows_share_the_recorders_camera_session(lab, camera):
+    flows = [lab.open(f"/v1/cameras/{camera.id}/live") for _ in range(3)]
+    try:
+        for flow in flows:
+            assert flow.status == 200 and ts.keyframes(flow.read1(65536))
+        # No ffmpeg of the relay's: the recorder's one RTSP session feeds the recording and every flow.
+        children = subprocess.run(["pgrep", "-P", str(lab.relay.pid)], capture_output=True, text=True).stdout
+        assert children.split() == []
+        recorder_ffmpeg = subprocess.run(["pgrep", "-P", str(lab.recorders[0].pid)], capture_output=True, text=True)
+        assert len(recorder_ffmpeg.stdout.split()) == 1
+    finally:
+        for flow in flows:
+            flow.close()
+
+
+def test_a_camera_that_goes_down_ends_its_live_flow_and_refuses_new_ones(lab, camera):
+    flow = lab.open(f"/v1/cameras/{camera.id}/live")
+    assert flow.status == 200 and flow.read1(65536)
+    camera.stop()
+    # The recorder's watchdog ends the run, and the flow with it; the slot is free.
+    wait_for(lambda: [e for e in lab.audit() if e["event"] == "flow.end"], 30, "the live flow to end")
+    flow.close()
+    assert QuotaClient(lab.socket).leases()["in_use"] == 0
+    answer = lab.get(f"/v1/cameras/{camera.id}/live")
+    assert answer.status == 502, answer.body
+    assert answer.json()["detail"] == f"camera {camera.id} is not sending right now: it may be down (see /v1/cameras)"
+    # A camera without a running recorder is refused as clearly.
+    answer = lab.get(f"/v1/cameras/{RECORDED}/live")
+    assert answer.status == 502
+    assert answer.json()["detail"] == f"camera {RECORDED} is not being recorded: its recorder is not running"
+    assert [e["status"] for e in refusals(lab)][-2:] == [502, 502]
 
 
 # -- recordings and playback -----------------------------------------------------------
@@ -213,17 +247,17 @@ def test_a_hundred_concurrent_requests_admit_exactly_ten(lab):
 def test_a_killed_relay_frees_every_slot_within_the_lease_ttl(lab, camera):
     flows = [lab.open(_long_playback(lab)) for _ in range(3)] + [lab.open(f"/v1/cameras/{camera.id}/live")]
     assert [f.status for f in flows] == [200] * 4
-    flows[-1].read(10_000)  # the live flow's ffmpeg runs
-    children = subprocess.run(["pgrep", "-P", str(lab.relay.pid)], capture_output=True, text=True).stdout.split()
-    assert children
+    flows[-1].read(10_000)  # the live flow is connected to the recorder's tap
     assert QuotaClient(lab.socket).leases()["in_use"] == 4
     lab.relay.send_signal(signal.SIGKILL)
     lab.relay.wait()
     killed = time.monotonic()
     wait_for(lambda: QuotaClient(lab.socket).leases()["in_use"] == 0, 10, "the dead relay's leases to expire")
     assert time.monotonic() - killed <= 3.0 + 1.5  # the lease TTL, and the daemon's sweep
-    # Its ffmpeg died with it.
-    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), 5, "the orphaned ffmpeg to die")
+    # The recorder noticed its live flow gone, and records on.
+    recorder_log = lab.workdir / f"{camera.id}.recorder.log"
+    wait_for(lambda: "a live flow left" in recorder_log.read_text(), 5, "the recorder to drop the dead flow")
+    assert lab.recorders[0].poll() is None
     for flow in flows:
         flow.close()
 

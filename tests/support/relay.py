@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -58,7 +60,7 @@ class RelayLab:
                     "store_root": str(self.store),
                     "quotad_socket": str(self.socket),
                     "audit_log": str(self.audit_log),
-                    "runtime_dir": str(workdir / "run"),
+                    "live_dir": str(workdir / "live"),
                     "cameras": cameras,
                     "renew_seconds": 1,
                     "segment_seconds": 2,
@@ -68,6 +70,8 @@ class RelayLab:
         )
         self.quotad: subprocess.Popen | None = None
         self.relay: subprocess.Popen | None = None
+        self.recorders: list[subprocess.Popen] = []
+        (workdir / "live").mkdir(exist_ok=True)
 
     def start_quotad(self) -> None:
         log = self.workdir / "quotad.log"
@@ -95,8 +99,35 @@ class RelayLab:
         self.start_relay()
         return self
 
+    def record(self, camera) -> subprocess.Popen:
+        """Start the recorder of a simulated camera, with its live tap where the relay looks; wait for its stream."""
+        config = self.workdir / f"{camera.id}.recorder.json"
+        live = self.workdir / "live" / f"{camera.id}.sock"
+        config.write_text(
+            json.dumps(
+                {"camera": camera.id, "url": camera.url, "store_root": str(self.store),
+                 "state_dir": str(self.workdir / "recorder"), "segment_seconds": 10, "live_socket": str(live),
+                 "rtsp_timeout": 3, "watchdog_seconds": 5}
+            )
+        )  # fmt: skip
+        log = self.workdir / f"{camera.id}.recorder.log"
+        process = subprocess.Popen(
+            [str(BIN / "halfbridge-recorder"), str(config)], stderr=log.open("ab"), stdout=subprocess.DEVNULL
+        )
+        self.recorders.append(process)
+        deadline = time.monotonic() + 20
+        while True:  # the tap closes a connection at once until the camera streams
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"the recorder of {camera.id} did not stream: {log.read_text()[-2000:]}")
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as probe:
+                probe.settimeout(2)
+                probe.connect(str(live))
+                if probe.recv(188):
+                    return process
+            time.sleep(0.2)
+
     def stop(self) -> None:
-        for process in (self.relay, self.quotad):
+        for process in (self.relay, self.quotad, *self.recorders):
             if process is not None and process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 try:

@@ -37,8 +37,8 @@ def test_malformed_or_zoneless_times_are_a_400_with_the_reason(text, sentence):
 def _config(tmp_path, **changes) -> str:
     values = {
         "listen_host": "127.0.0.1", "listen_port": 8443, "tls_certificate": "/c", "tls_key": "/k",
-        "tls_client_ca": "/ca", "store_root": "/s", "quotad_socket": "/q", "audit_log": "/a", "runtime_dir": "/r",
-        "cameras": [{"id": "ver-gare-01", "url": "rtsp://h/s"}],
+        "tls_client_ca": "/ca", "store_root": "/s", "quotad_socket": "/q", "audit_log": "/a", "live_dir": "/r",
+        "cameras": [{"id": "ver-gare-01"}],
     }  # fmt: skip
     values.update(changes)
     path = tmp_path / "relay.json"
@@ -54,8 +54,9 @@ def test_a_good_configuration_loads(tmp_path):
 @pytest.mark.parametrize(
     ("changes", "sentence"),
     [
-        ({"cameras": [{"id": "../etc", "url": "rtsp://h/s"}]}, "every camera needs a valid id and a url"),
-        ({"cameras": [{"id": "ok"}]}, "every camera needs a valid id and a url"),
+        ({"cameras": [{"id": "../etc"}]}, "every camera needs a valid id"),
+        ({"cameras": ["ver-gare-01"]}, "every camera needs a valid id"),
+        ({"live_dir": ""}, "lacks live_dir"),
         ({"retention_days": 31}, "retention_days must be 1 to 30"),
         ({"tls_key": ""}, "lacks tls_key"),
         ({"surprise": 1}, "unknown keys surprise"),

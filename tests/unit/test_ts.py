@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from halfbridge.ts import PACKET, TsError, end_offset, first_pts, keyframes, start_offset, tables
+from halfbridge.ts import PACKET, TsError, end_offset, first_pts, keyframes, last_keyframe, start_offset, tables
 from tests.support.media import make_clip
 
 
@@ -53,3 +53,12 @@ def test_what_is_not_mpeg_ts_is_refused():
         keyframes(b"\x00" * PACKET * 2)
     with pytest.raises(TsError, match="no PAT"):
         tables(b"")
+
+
+def test_the_last_keyframe_is_found_from_the_end(clip):
+    found = keyframes(clip)
+    assert last_keyframe(clip) == found[-1].offset
+    assert last_keyframe(clip[: found[-1].offset]) == found[-2].offset
+    # Between two keyframes there is none; a tail cut inside a packet is ignored.
+    assert last_keyframe(clip[found[0].offset + PACKET : found[1].offset]) is None
+    assert last_keyframe(clip[: found[1].offset + PACKET + 100]) == found[1].offset

@@ -74,6 +74,16 @@ class Suspension:
     notify_by: str
     notified: dict  # kind -> {"at": ..., "to": [...]}
 
+    @classmethod
+    def unreadable(cls, reason: str) -> Suspension:
+        """The state cannot be read: the interconnect counts as cut (fail closed), by no known incident."""
+        return cls("unknown", reason, "", "", {})
+
+    @property
+    def damaged(self) -> bool:
+        """True for a suspension made up because the state could not be read (see `unreadable`)."""
+        return not self.since
+
     def facts(self) -> dict:
         """What the playbooks and the e-mails need, times in UTC and in Paris time."""
         since, notify_by = _parse(self.since), _parse(self.notify_by)
@@ -110,7 +120,7 @@ class Interconnect:
         try:
             data = self._read()
         except (OSError, ValueError) as exc:
-            return Suspension("unknown", f"the state file {self.path} cannot be read ({exc})", "", "", {})
+            return Suspension.unreadable(f"the state file {self.path} cannot be read ({exc})")
         if data is None or "restored" in data:
             return None
         try:
@@ -122,7 +132,7 @@ class Interconnect:
                 notified=dict(data.get("notified") or {}),
             )
         except (KeyError, TypeError, ValueError, InterconnectError) as exc:
-            return Suspension("unknown", f"the state file {self.path} is damaged ({exc})", "", "", {})
+            return Suspension.unreadable(f"the state file {self.path} is damaged ({exc})")
 
     def _save(self, state: Suspension | dict) -> None:
         content = state.__dict__ if isinstance(state, Suspension) else state
@@ -204,7 +214,7 @@ class Interconnect:
             if last.get("incident") == incident:
                 return last  # restored already: the same facts, so that a failed e-mail can be sent again
             raise InterconnectError(f"the interconnect is not suspended for incident {incident}: nothing to restore")
-        if not current.since:
+        if current.damaged:
             raise InterconnectError(
                 f"{current.reason}: the interconnect stays cut; read the file, and remove it by hand "
                 "only once the interconnect may reopen"
@@ -238,6 +248,6 @@ class Interconnect:
         current = self.current()
         if current is None:
             return {"suspended": False}
-        if not current.since:
+        if current.damaged:
             return {"suspended": True, "incident": "unknown", "reason": current.reason}
         return current.facts()

@@ -218,7 +218,7 @@ class Relay:
                     "interconnect-suspended",
                     f"SYN has suspended the interconnect (incident {suspension.incident}, since {suspension.since}); "
                     "the PP's contacts are notified by e-mail"
-                    if suspension.since
+                    if not suspension.damaged
                     else "the interconnect is closed: its state cannot be read on SYN's gateway, "
                     "and it stays closed until SYN's operators repair it",
                 )
@@ -598,12 +598,12 @@ class Relay:
         except FileNotFoundError:
             key = None
         except OSError as exc:  # cannot even look: fail closed
-            return Suspension("unknown", f"the state file cannot be read ({exc})", "", "", {})
+            return Suspension.unreadable(f"the state file cannot be read ({exc})")
         seen, suspension = self._suspension
         if key != seen:
             suspension = self.interconnect.current() if key is not None else None
             self._suspension = (key, suspension)
-            if suspension is not None and not suspension.since:
+            if suspension is not None and suspension.damaged:
                 log.error("the interconnect stays closed: %s", suspension.reason)
         return suspension
 

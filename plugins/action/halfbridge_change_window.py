@@ -187,11 +187,13 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail(f"{name!r} is not in halfbridge_changes: record the change there first")
         change = register[name]
         planned = parse_day(change["planned_for"], f"{name} planned_for") if change.get("planned_for") else today
+        # The 30 days count from the first notice sent (a rerun or a resend does not move them).
+        notified = parse_day(sent[name], f"{name} sent_on") if name in sent else today
         result.update(
             change=dict(change),
             today=today.isoformat(),
             sent_on=sent.get(name),
-            earliest=max(earliest_go_live(today, notice_days), planned).isoformat(),
+            earliest=max(earliest_go_live(notified, notice_days), planned).isoformat(),
             msg=f"Differences from the last deployment: {summary(result['differences']) or 'none'}",
         )
         return result

@@ -219,3 +219,15 @@ def test_the_preview_says_what_differs_and_the_earliest_day_of_a_notice_sent_tod
     later = run(deployed, moved, changes=register, preview=True, change="CHG-5", audit_log=str(deployed / "none.log"))
     assert later.returncode == 0 and "EARLIEST=2027-02-01" in said(later)  # planned later than the notice allows
     assert run(deployed, moved, changes=register, preview=True, change="CHG-7").returncode != 0  # not in the register
+
+
+def test_the_preview_of_a_notice_already_sent_counts_from_the_first_one(deployed):
+    from halfbridge.audit import AuditLog
+
+    log = deployed / "audit.log"
+    moved = {**FINGERPRINT, "relay": {"address": "198.51.100.10", "port": 9443}}
+    AuditLog(log).append("change.notified", change="CHG-6", sent_on="2026-11-20", to=["a@pp"])
+    AuditLog(log).append("change.notified", change="CHG-6", sent_on="2026-11-25", to=["a@pp"])  # a resend
+    done = run(deployed, moved, changes=[change("CHG-6")], preview=True, change="CHG-6", audit_log=str(log))
+    assert done.returncode == 0, said(done)[-1500:]
+    assert "EARLIEST=2026-12-20" in said(done)  # 30 days from 20 November, not from today (29 November)

@@ -24,7 +24,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from pathlib import Path
 
 from halfbridge import ts
@@ -35,11 +34,12 @@ log = logging.getLogger("halfbridge.live")
 MAX_PENDING = 8 << 20
 # What the tap keeps since the last keyframe, at most (a camera that never sends one).
 MAX_GOP = 16 << 20
-# The pipe from ffmpeg holds this much (the kernel's limit for a user, pipe-max-size, is 1 MiB by default).
+# The pipe from ffmpeg holds this much (the kernel's limit for a user, pipe-max-size, is 1 MiB by default):
+# a second of a fast camera, if the tap is slow to read.
 PIPE_SIZE = 1 << 20
-# ffmpeg writes each frame as it comes; the tap reads what arrived at most this often (seconds): the
-# latency it adds. A few reads a second per camera instead of one per frame.
-BATCH = 0.25
+# One read takes at most this much: ffmpeg writes 32 KiB at a time, and a read buffer under
+# malloc's mmap threshold costs no mmap and munmap per read.
+READ_SIZE = 1 << 16
 
 
 class _Flow:
@@ -139,14 +139,13 @@ class LiveTap:
         with contextlib.suppress(OSError):
             fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         try:
-            while chunk := os.read(fd, PIPE_SIZE):
+            while chunk := os.read(fd, READ_SIZE):
                 try:
                     self.feed(chunk)
                 except Exception:  # the pipe must be drained whatever happens, or the recording stalls
                     log.exception("camera %s: live tap error; the live flows restart", self.camera)
                     self.run_ended()
-                if len(chunk) < PIPE_SIZE // 4:
-                    time.sleep(BATCH)  # a full pipe is read again at once: ffmpeg never waits
+
         except OSError as exc:
             log.warning("camera %s: the live pipe failed: %s", self.camera, exc)
         finally:

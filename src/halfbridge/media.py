@@ -209,7 +209,9 @@ def record_command(
         segment_list_type="csv",
     )
     if live_fd is not None:
-        live = ffmpeg.output(stream["v:0"], f"pipe:{live_fd}", c="copy", f="mpegts", muxdelay=0, muxpreload=0)
+        live = ffmpeg.output(
+            stream["v:0"], f"pipe:{live_fd}", c="copy", f="mpegts", muxdelay=0, muxpreload=0, flush_packets=0
+        )
         out = ffmpeg.merge_outputs(out, live)
     out = out.global_args(
         "-hide_banner", "-nostdin", "-loglevel", "warning", "-progress", "pipe:1", "-stats_period", f"{stats_period:g}"

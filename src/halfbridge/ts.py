@@ -97,14 +97,24 @@ def keyframes(data: bytes) -> list[Keyframe]:
 
 
 def last_keyframe(data: bytes) -> int | None:
-    """Byte offset of the last video keyframe in `data` (whole packets), or None; read from the end."""
+    """Byte offset of the last video keyframe in `data` (whole packets), or None; read from the end.
+
+    Only the starts of the first video stream's PES (00 00 01 E0, found by `rfind`, in C; an
+    H.264 or H.265 NAL header never begins with E0) are looked at, not every packet: the live
+    tap calls this on every read of its pipe.
+    """
     view = memoryview(data)
-    for offset in range(len(data) - len(data) % PACKET - PACKET, -1, -PACKET):
-        # payload_unit_start, an adaptation field with the random access indicator, then a video PES.
+    end = len(data) - len(data) % PACKET
+    while (found := data.rfind(b"\x00\x00\x01\xe0", 0, end)) >= 0:
+        end = found + 3  # the next search ends before this start code
+        offset = found - found % PACKET
+        # The start code opens the packet's payload: payload_unit_start, an adaptation field with the
+        # random access indicator, then a video PES.
         if (
             data[offset + 1] & 0x40
             and data[offset + 3] & 0x20
             and data[offset + 4]
+            and found == offset + 5 + data[offset + 4]
             and data[offset + 5] & 0x40
             and _video_pts(view[offset : offset + PACKET]) is not None
         ):

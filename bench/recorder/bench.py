@@ -6,8 +6,9 @@ side by side, for the same wall time. The baseline is the bare command
     ffmpeg -rtsp_transport tcp -i URL -map 0:v -c copy -f segment -segment_format mpegts ...
 
 and ours is halfbridge-recorder (its supervisor and its ffmpeg child), with
-its live tap as deployed (ffmpeg's second output into a pipe, read a few times a
-second; no live flow connected: what a flow adds is the relay bench's). CPU
+its live tap as deployed (ffmpeg's second output into a pipe; no live flow
+connected: what a flow adds is the relay bench's). A third process, the same
+recorder without its tap, shows what the tap costs. CPU
 time is what the kernel accounted to each process tree (user + system),
 read when each has been reaped. Target: ratio at most 1.10.
 
@@ -66,14 +67,23 @@ def main() -> int:
                 str(work / "base" / "%Y%m%dT%H%M%SZ.ts"),
             ]  # fmt: skip
             ours_cmd = [str(Path(sys.executable).with_name("halfbridge-recorder")), str(config)]
+            untapped = json.loads(config.read_text())
+            del untapped["live_socket"]
+            untapped.update(store_root=str(work / "untapped"), state_dir=str(work / "untapped-state"))
+            (work / "untapped.json").write_text(json.dumps(untapped))
+            untapped_cmd = [ours_cmd[0], str(work / "untapped.json")]
 
             start = children_cpu()
             baseline = subprocess.Popen(baseline_cmd, env={**os.environ, "TZ": "UTC"})
             ours = subprocess.Popen(ours_cmd, stderr=subprocess.DEVNULL)
+            plain = subprocess.Popen(untapped_cmd, stderr=subprocess.DEVNULL)
             time.sleep(args.warmup)
-            warm = (tree_cpu(baseline.pid), tree_cpu(ours.pid))
+            warm = (tree_cpu(baseline.pid), tree_cpu(ours.pid), tree_cpu(plain.pid))
             time.sleep(max(1.0, args.seconds - args.warmup))
-            steady = (tree_cpu(baseline.pid) - warm[0], tree_cpu(ours.pid) - warm[1])
+            steady = (tree_cpu(baseline.pid) - warm[0], tree_cpu(ours.pid) - warm[1], tree_cpu(plain.pid) - warm[2])
+            plain.send_signal(signal.SIGTERM)
+            plain.wait(timeout=30)
+            start = children_cpu()  # from here: the untapped recorder, reaped, is not in the whole-run columns
             baseline.send_signal(signal.SIGINT)
             baseline.wait(timeout=30)
             after_baseline = children_cpu()
@@ -89,6 +99,7 @@ def main() -> int:
         print(f"{'CPU s per camera-minute':<30}{'whole run':>12}{'steady state':>14}")
         print(f"{'ffmpeg -c copy -f segment':<30}{base_cpu / minutes:>12.3f}{steady[0] / window:>14.3f}")
         print(f"{'halfbridge-recorder':<30}{our_cpu / minutes:>12.3f}{steady[1] / window:>14.3f}")
+        print(f"{'  the same without its tap':<30}{'':>12}{steady[2] / window:>14.3f}")
         print(
             f"{'ratio (target <= 1.10 steady)':<30}{our_cpu / base_cpu if base_cpu else float('inf'):>12.2f}"
             f"{steady[1] / steady[0] if steady[0] else float('inf'):>14.2f}"

@@ -18,9 +18,10 @@ from tests.support.waiting import wait_for
 
 @pytest.fixture
 def lab(tmp_path, camera):
-    cameras = [{"id": camera.id, "name": "Simulated", "site": "Test", "url": camera.url}]
+    cameras = [{"id": camera.id, "name": "Simulated", "site": "Test"}]
     relay = RelayLab(tmp_path, cameras, interconnect_state=str(tmp_path / "interconnect.json"))
     relay.start()
+    relay.record(camera)
     yield relay
     relay.stop()
 

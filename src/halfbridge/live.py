@@ -145,7 +145,6 @@ class LiveTap:
                 except Exception:  # the pipe must be drained whatever happens, or the recording stalls
                     log.exception("camera %s: live tap error; the live flows restart", self.camera)
                     self.run_ended()
-
         except OSError as exc:
             log.warning("camera %s: the live pipe failed: %s", self.camera, exc)
         finally:

@@ -24,14 +24,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hashlib
 import logging
 import os
 import ssl
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from halfbridge.audit import AuditError, AuditLog
 from halfbridge.config import load_or_exit
@@ -74,6 +78,10 @@ class RelayConfig:
     max_range_seconds: int = 86400
     segment_seconds: int = 60
     renew_seconds: float = 5.0
+    # Article 6: the agents the PP designated, by their certificate's common name. Nobody else gets in.
+    designated_agents: list[str] = field(default_factory=list)
+    # Certificate policy OIDs of the PP's smartcard PKI: when set, a client certificate must carry one.
+    certificate_policies: list[str] = field(default_factory=list)
     # The interconnect's state file (halfbridge.interconnect): while it says suspended, every
     # request is refused and open flows end. None: no suspension (tests of the relay alone).
     interconnect_state: Path | None = None
@@ -87,6 +95,10 @@ class RelayConfig:
         for camera in config.cameras:
             if not isinstance(camera, dict) or not CAMERA_ID_RE.match(str(camera.get("id"))):
                 raise SystemExit(f"halfbridge-relay: {path}: every camera needs a valid id: {camera!r}")
+        for key in ("designated_agents", "certificate_policies"):
+            values = getattr(config, key)
+            if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+                raise SystemExit(f"halfbridge-relay: {path}: {key} is a list of non-empty strings")
         if not 1 <= config.retention_days <= 30 or config.max_range_seconds < 1 or config.renew_seconds <= 0:
             raise SystemExit(
                 f"halfbridge-relay: {path}: retention_days must be 1 to 30, "
@@ -133,11 +145,16 @@ def parse_time(name: str, text: str | None) -> float:
 
 
 def identity(request: web.Request) -> dict:
-    """Who the client certificate says is asking (empty without one)."""
+    """Who the client certificate says is asking (empty without one), and what it allows.
+
+    `fingerprint` is the SHA-256 of the certificate; `client_auth` whether it names the
+    clientAuth extended key usage; `policies` its certificate policy OIDs.
+    """
     ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
     cert = ssl_object.getpeercert() if ssl_object is not None else None
     if not cert:
         return {}
+    der = ssl_object.getpeercert(binary_form=True)
 
     def name(rdns) -> str:
         return ",".join(f"{key}={value}" for rdn in rdns for key, value in rdn)
@@ -149,7 +166,25 @@ def identity(request: web.Request) -> dict:
         "subject": subject,
         "issuer": name(cert.get("issuer", ())),
         "serial": cert.get("serialNumber", ""),
+        "fingerprint": hashlib.sha256(der).hexdigest(),
+        **_usages(der),
     }
+
+
+def _usages(der: bytes) -> dict:
+    """Whether a certificate allows client authentication, and its policy OIDs (RFC 5280)."""
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        client_auth = ExtendedKeyUsageOID.CLIENT_AUTH in usage
+    except x509.ExtensionNotFound:
+        client_auth = False  # no extended key usage at all: not a certificate made for this
+    try:
+        found = cert.extensions.get_extension_for_class(x509.CertificatePolicies).value
+        policies = [policy.policy_identifier.dotted_string for policy in found]
+    except x509.ExtensionNotFound:
+        policies = []
+    return {"client_auth": client_auth, "policies": policies}
 
 
 @dataclass
@@ -168,6 +203,8 @@ class Relay:
         self.audit = AuditLog(config.audit_log)
         self.quota = AsyncQuotaClient(config.quotad_socket)
         self.cameras = {camera["id"]: camera for camera in config.cameras}
+        self.designated = frozenset(config.designated_agents)
+        self.authenticated: weakref.WeakSet = weakref.WeakSet()  # TLS connections already in the history
         self.metrics = Metrics()
         self.open_flows: dict[str, dict] = {}  # this relay's flows, by lease
         self.interconnect = Interconnect(config.interconnect_state) if config.interconnect_state else None
@@ -211,6 +248,7 @@ class Relay:
         who = identity(request)
         request["who"] = who
         try:
+            await self._authenticate(request, who)
             suspension = self.suspension()
             if suspension is not None:
                 raise Problem(
@@ -221,12 +259,6 @@ class Relay:
                     if not suspension.damaged
                     else "the interconnect is closed: its state cannot be read on SYN's gateway, "
                     "and it stays closed until SYN's operators repair it",
-                )
-            if not who:
-                raise Problem(
-                    403,
-                    "client-certificate-required",
-                    "this service admits only designated agents: present your client certificate",
                 )
             response = await handler(request)
         except Problem as problem:
@@ -248,6 +280,53 @@ class Relay:
             await self._record(request, problem.status, reason=problem.detail)
             return problem.response()
         return response
+
+    def _refusal(self, who: dict) -> Problem | None:
+        """Why this certificate may not come in (article 6), or None."""
+        if not who:
+            return Problem(
+                403,
+                "client-certificate-required",
+                "this service admits only designated agents: present your client certificate",
+            )
+        if not who["client_auth"]:
+            return Problem(
+                403,
+                "not-a-client-certificate",
+                f"the certificate of {who['agent']} is not made for client authentication (no clientAuth usage)",
+            )
+        wanted = self.config.certificate_policies
+        if wanted and not set(wanted) & set(who["policies"]):
+            return Problem(
+                403,
+                "certificate-policy",
+                f"the certificate of {who['agent']} carries none of the PKI's policies ({', '.join(wanted)})",
+            )
+        if who["agent"] not in self.designated:
+            return Problem(
+                403, "not-designated", f"{who['agent']} is not among the agents the PP designated for this service"
+            )
+        return None
+
+    async def _authenticate(self, request: web.Request, who: dict) -> None:
+        """Let a designated agent in, or refuse; the first request of a connection goes to the history."""
+        refusal = self._refusal(who)
+        connection = request.transport.get_extra_info("ssl_object") if request.transport else None
+        if connection is not None and connection not in self.authenticated:
+            self.authenticated.add(connection)
+            fields = {"issuer": who.get("issuer", ""), "fingerprint": who.get("fingerprint", "")}
+            if refusal is None:
+                await self._audit_auth("auth.accepted", request, result="accepted", **fields)
+            else:
+                await self._audit_auth("auth.refused", request, result="refused", reason=refusal.detail, **fields)
+        if refusal is not None:
+            raise refusal
+
+    async def _audit_auth(self, event: str, request: web.Request, **fields) -> None:
+        try:
+            await self._audit(event, request, **fields)
+        except AuditError as exc:
+            log.error("%s", exc)
 
     async def _record(self, request: web.Request, status: int, **fields) -> None:
         """The request's audit entry; a refusal that cannot be recorded is still refused (and logged)."""
@@ -713,6 +792,8 @@ class Relay:
                 self.config.management_host,
                 self.config.management_port,
             )
+            if not self.designated:
+                log.warning("relay: no designated agent in the configuration: every request is refused (403)")
             if ready is not None:
                 ready.set()
             await self._watch_suspension()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import urllib.parse
@@ -313,6 +315,43 @@ def test_without_a_client_certificate_the_answer_is_403(lab):
     assert "present your client certificate" in answer.json()["detail"]
     entry = refusals(lab)[-1]
     assert entry["status"] == 403 and entry["agent"] == "" and entry["peer"] == "127.0.0.1"
+    attempt = history(lab)[-1]
+    assert attempt["event"] == "auth.refused" and "present your client certificate" in attempt["reason"]
+
+
+def history(lab: RelayLab) -> list[dict]:
+    return [e for e in lab.audit() if e["event"].startswith("auth.")]
+
+
+def test_only_designated_agents_with_a_client_authentication_certificate_get_in(lab):
+    not_designated = lab.ca.issue("agent-martin")
+    no_usage = lab.ca.issue("agent-dupont-2", usage=False)
+    assert lab.get("/v1/cameras").status == 200
+    answer = lab.get("/v1/cameras", certificate=not_designated)
+    assert answer.status == 403, answer.body
+    assert answer.json()["detail"] == "agent-martin is not among the agents the PP designated for this service"
+    answer = lab.get("/v1/cameras", certificate=no_usage)
+    assert answer.status == 403
+    assert "not made for client authentication" in answer.json()["detail"]
+    accepted, refused_martin, refused_usage = history(lab)
+    assert accepted["event"] == "auth.accepted" and accepted["agent"] == "agent-dupont"
+    assert accepted["fingerprint"] == hashlib.sha256(ssl.PEM_cert_to_DER_cert(lab.client_cert.read_text())).hexdigest()
+    assert accepted["issuer"] == "organizationName=Halfbridge tests,commonName=Test CA" and accepted["serial"]
+    assert refused_martin["result"] == "refused" and "not among the agents" in refused_martin["reason"]
+    assert refused_usage["agent"] == "agent-dupont-2" and "clientAuth" in refused_usage["reason"]
+    assert all(e["peer"] == "127.0.0.1" and e["subject"] for e in (accepted, refused_martin, refused_usage))
+
+
+def test_a_connection_is_authenticated_once_in_the_history(lab):
+    connection = lab.connect()
+    try:
+        for _ in range(3):
+            connection.request("GET", "/v1/cameras")
+            assert connection.getresponse().read()
+    finally:
+        connection.close()
+    assert [e["event"] for e in history(lab)] == ["auth.accepted"]
+    assert len([e for e in lab.audit() if e["event"] == "relay.request"]) == 3
 
 
 def test_cameras_flows_metrics_and_an_intact_audit_chain(lab, camera):

@@ -40,10 +40,12 @@ class TestCA:
         self.path = directory / f"{cn.replace(' ', '-').lower()}.pem"
         self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, cn: str, server: bool = False, addresses: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    def issue(
+        self, cn: str, server: bool = False, addresses: tuple[str, ...] = (), usage: bool = True, policies=()
+    ) -> tuple[Path, Path]:
+        """A key and a certificate; `usage=False` leaves out the extended key usage, `policies` are OIDs."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(cn))
@@ -52,8 +54,13 @@ class TestCA:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(hours=1))
             .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         )
+        if usage:
+            purpose = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+            builder = builder.add_extension(x509.ExtendedKeyUsage([purpose]), critical=False)
+        if policies:
+            found = [x509.PolicyInformation(x509.ObjectIdentifier(oid), None) for oid in policies]
+            builder = builder.add_extension(x509.CertificatePolicies(found), critical=False)
         if addresses:
             names = [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses] + [x509.DNSName("localhost")]
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)

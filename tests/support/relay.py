@@ -64,6 +64,7 @@ class RelayLab:
                     "cameras": cameras,
                     "renew_seconds": 1,
                     "segment_seconds": 2,
+                    "designated_agents": ["agent-dupont"],
                     **settings,
                 }
             )
@@ -138,22 +139,24 @@ class RelayLab:
 
     # -- a PP client ---------------------------------------------------------
 
-    def context(self, certificate: bool = True) -> ssl.SSLContext:
+    def context(self, certificate: bool | tuple[Path, Path] = True) -> ssl.SSLContext:
+        """A client's TLS: the lab agent's certificate, another (certificate, key), or none (False)."""
         context = ssl.create_default_context(cafile=str(self.ca.path))
         if certificate:
-            context.load_cert_chain(self.client_cert, self.client_key)
+            chain = certificate if isinstance(certificate, tuple) else (self.client_cert, self.client_key)
+            context.load_cert_chain(*chain)
         return context
 
-    def connect(self, certificate: bool = True, timeout: float = 20) -> http.client.HTTPSConnection:
+    def connect(self, certificate: bool | tuple[Path, Path] = True, timeout: float = 20) -> http.client.HTTPSConnection:
         return http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context(certificate), timeout=timeout)
 
-    def open(self, path: str, certificate: bool = True) -> http.client.HTTPResponse:
+    def open(self, path: str, certificate: bool | tuple[Path, Path] = True) -> http.client.HTTPResponse:
         """A request whose body is left to read (a flow); close the response to end the flow."""
         connection = self.connect(certificate)
         connection.request("GET", path)
         return connection.getresponse()
 
-    def get(self, path: str, certificate: bool = True) -> Answer:
+    def get(self, path: str, certificate: bool | tuple[Path, Path] = True) -> Answer:
         response = self.open(path, certificate)
         try:
             return Answer(response.status, dict(response.headers), response.read())

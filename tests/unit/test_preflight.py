@@ -21,6 +21,7 @@ from tests.support.inventory import LAB_INVENTORY, ROOT
 CONVENTION = Path("group_vars/all/convention.yml")
 CAMERAS = Path("group_vars/all/cameras.yml")
 NOTIFICATIONS = Path("group_vars/all/notifications.yml")
+AGENTS = Path("group_vars/all/agents.yml")
 
 
 @pytest.fixture
@@ -195,6 +196,16 @@ def test_an_smtp_relay_without_a_sender_is_refused_and_its_password_not_shown(in
     edit(inventory, NOTIFICATIONS, lambda d: d["halfbridge_smtp"].update({"sender": "", "password": secret}))
     output = refused(inventory)
     assert "halfbridge_smtp must give" in output and secret not in output
+
+
+def test_an_inventory_without_designated_agents_is_refused(inventory):
+    (inventory / AGENTS).unlink()
+    assert "halfbridge_designated_agents must list the agents the PP designated" in refused(inventory)
+
+
+def test_an_agent_designated_twice_is_refused(inventory):
+    edit(inventory, AGENTS, lambda d: d["halfbridge_designated_agents"].append({"id": "agent-lab-01"}))
+    assert 'It has ["agent-lab-01", "agent-lab-01"]' in refused(inventory)
 
 
 def test_the_production_example_passes_once_its_vault_is_filled():

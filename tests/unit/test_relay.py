@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from halfbridge.relay import Problem, RelayConfig, parse_time
+from halfbridge.relay import Problem, Relay, RelayConfig, parse_time
 
 
 @pytest.mark.parametrize(
@@ -60,8 +60,46 @@ def test_a_good_configuration_loads(tmp_path):
         ({"retention_days": 31}, "retention_days must be 1 to 30"),
         ({"tls_key": ""}, "lacks tls_key"),
         ({"surprise": 1}, "unknown keys surprise"),
+        ({"designated_agents": "agent-lab-01"}, "designated_agents is a list of non-empty strings"),
+        ({"certificate_policies": [""]}, "certificate_policies is a list of non-empty strings"),
     ],
 )
 def test_a_bad_configuration_is_a_sentence(tmp_path, changes, sentence):
     with pytest.raises(SystemExit, match=sentence):
         RelayConfig.load(_config(tmp_path, **changes))
+
+
+POLICY = "1.2.250.1.999.1.6"  # an OID of the PP's smartcard PKI, for the tests
+
+
+def _relay(tmp_path, **changes) -> Relay:
+    return Relay(RelayConfig.load(_config(tmp_path, **changes)))
+
+
+def _who(agent="agent-lab-01", client_auth=True, policies=(POLICY,)) -> dict:
+    return {"agent": agent, "client_auth": client_auth, "policies": list(policies)}
+
+
+@pytest.mark.parametrize(
+    ("who", "kind", "sentence"),
+    [
+        ({}, "client-certificate-required", "present your client certificate"),
+        (_who(client_auth=False), "not-a-client-certificate", "no clientAuth usage"),
+        (_who(policies=("1.2.3.4",)), "certificate-policy", f"none of the PKI's policies ({POLICY})"),
+        (_who(policies=()), "certificate-policy", "none of the PKI's policies"),
+        (_who("agent-x"), "not-designated", "agent-x is not among the agents the PP designated"),
+    ],
+)
+def test_who_may_not_come_in_is_told_why(tmp_path, who, kind, sentence):
+    relay = _relay(tmp_path, designated_agents=["agent-lab-01"], certificate_policies=[POLICY])
+    refusal = relay._refusal(who)
+    assert refusal.status == 403 and refusal.kind == kind and sentence in refusal.detail
+
+
+def test_a_designated_agent_with_the_right_certificate_comes_in(tmp_path):
+    relay = _relay(tmp_path, designated_agents=["agent-lab-01"], certificate_policies=[POLICY])
+    assert relay._refusal(_who(policies=("1.2.3.4", POLICY))) is None
+    without_policies = _relay(tmp_path, designated_agents=["agent-lab-01"])
+    assert without_policies._refusal(_who(policies=())) is None
+    nobody = _relay(tmp_path)
+    assert nobody._refusal(_who()).kind == "not-designated"

@@ -145,6 +145,22 @@ def relay_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def crl_main(argv: list[str] | None = None) -> int:
+    """halfbridge-crl refresh|status CONFIG: fetch, check and install the PP's CRLs, or say how fresh they are."""
+    from halfbridge import crl
+
+    parser = argparse.ArgumentParser(prog="halfbridge-crl", description=crl_main.__doc__)
+    parser.add_argument("action", choices=("refresh", "status"), help="refresh: fetch and install; status: report")
+    parser.add_argument("config", help="the JSON configuration (anchors, crl_dir, sources, audit_log, warn_hours)")
+    args = parser.parse_args(argv)
+    _logging(False)
+    try:
+        config = crl.CrlConfig.load(args.config)
+        return crl.refresh(config) if args.action == "refresh" else crl.status(config)
+    except (OSError, ValueError) as exc:  # the configuration or the anchors cannot be read
+        raise SystemExit(f"halfbridge-crl: {exc}") from None
+
+
 def _date(text: str):
     import datetime as dt
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import hashlib
 import logging
 import os
 import ssl
@@ -34,8 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
-from cryptography import x509
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from halfbridge.audit import AuditError, AuditLog
 from halfbridge.config import load_or_exit
@@ -43,6 +40,7 @@ from halfbridge.interconnect import Interconnect, Suspension
 from halfbridge.metrics import exposition, family, gauge
 from halfbridge.quotad import AsyncQuotaClient, QuotaError
 from halfbridge.store import CAMERA_ID_RE, Segment, Store, iso, spans
+from halfbridge.tls import TLSSite, Trust, describe, server_context
 from halfbridge.ts import TsError, end_offset, start_offset, tables
 
 log = logging.getLogger("halfbridge.relay")
@@ -56,17 +54,16 @@ LIVE_SILENCE = 30.0
 PACE_LEAD = 1.0
 PROBLEM = "application/problem+json"
 TS_TYPE = "video/mp2t"
+
+
 # ANSSI's TLS guide: forward secrecy and AEAD only (TLS 1.3 suites are all AEAD).
-CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
-
-
 @dataclass
 class RelayConfig:
     listen_host: str
     listen_port: int
     tls_certificate: Path
     tls_key: Path
-    tls_client_ca: Path
+    tls_client_ca: Path  # the PP's smartcard PKI: every CA a client chain may go through (PEM)
     store_root: Path
     quotad_socket: Path
     audit_log: Path
@@ -85,12 +82,17 @@ class RelayConfig:
     # The interconnect's state file (halfbridge.interconnect): while it says suspended, every
     # request is refused and open flows end. None: no suspension (tests of the relay alone).
     interconnect_state: Path | None = None
+    # One CRL per CA of tls_client_ca (PEM, NAME.crl), kept fresh by halfbridge-crl. None: revocation
+    # is not checked (tests of the relay alone); with it, a missing or expired CRL refuses everyone.
+    crl_dir: Path | None = None
+    # A CRL that expires within this many hours is a warning in the log, and on /healthz.
+    crl_warn_hours: float = 48.0
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RelayConfig:
         paths = ("tls_certificate", "tls_key", "tls_client_ca", "store_root", "quotad_socket", "audit_log")
         required = ("listen_host", "listen_port", *paths, "live_dir")
-        paths += ("live_dir", "interconnect_state")
+        paths += ("live_dir", "interconnect_state", "crl_dir")
         config = load_or_exit(cls, "halfbridge-relay", path, required, paths)
         for camera in config.cameras:
             if not isinstance(camera, dict) or not CAMERA_ID_RE.match(str(camera.get("id"))):
@@ -144,47 +146,19 @@ def parse_time(name: str, text: str | None) -> float:
     return moment.timestamp()
 
 
+def _utc(moment: dt.datetime | None) -> str:
+    return f"{moment:%Y-%m-%dT%H:%M:%SZ}" if moment else "no nextUpdate"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def identity(request: web.Request) -> dict:
-    """Who the client certificate says is asking (empty without one), and what it allows.
-
-    `fingerprint` is the SHA-256 of the certificate; `client_auth` whether it names the
-    clientAuth extended key usage; `policies` its certificate policy OIDs.
-    """
+    """Who the client certificate says is asking (empty without one): see `halfbridge.tls.describe`."""
     ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-    cert = ssl_object.getpeercert() if ssl_object is not None else None
-    if not cert:
-        return {}
-    der = ssl_object.getpeercert(binary_form=True)
-
-    def name(rdns) -> str:
-        return ",".join(f"{key}={value}" for rdn in rdns for key, value in rdn)
-
-    subject = name(cert.get("subject", ()))
-    common_name = next((value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"), None)
-    return {
-        "agent": common_name or subject,
-        "subject": subject,
-        "issuer": name(cert.get("issuer", ())),
-        "serial": cert.get("serialNumber", ""),
-        "fingerprint": hashlib.sha256(der).hexdigest(),
-        **_usages(der),
-    }
-
-
-def _usages(der: bytes) -> dict:
-    """Whether a certificate allows client authentication, and its policy OIDs (RFC 5280)."""
-    cert = x509.load_der_x509_certificate(der)
-    try:
-        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        client_auth = ExtendedKeyUsageOID.CLIENT_AUTH in usage
-    except x509.ExtensionNotFound:
-        client_auth = False  # no extended key usage at all: not a certificate made for this
-    try:
-        found = cert.extensions.get_extension_for_class(x509.CertificatePolicies).value
-        policies = [policy.policy_identifier.dotted_string for policy in found]
-    except x509.ExtensionNotFound:
-        policies = []
-    return {"client_auth": client_auth, "policies": policies}
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return describe(der) if der else {}
 
 
 @dataclass
@@ -194,6 +168,7 @@ class Metrics:
     bytes: dict[str, int] = field(default_factory=lambda: {"live": 0, "playback": 0})
     flows: dict[str, int] = field(default_factory=lambda: {"live": 0, "playback": 0})
     durations: dict[str, list[float]] = field(default_factory=lambda: {"live": [0.0, 0], "playback": [0.0, 0]})
+    handshakes_refused: dict[str, int] = field(default_factory=dict)
 
 
 class Relay:
@@ -204,24 +179,39 @@ class Relay:
         self.quota = AsyncQuotaClient(config.quotad_socket)
         self.cameras = {camera["id"]: camera for camera in config.cameras}
         self.designated = frozenset(config.designated_agents)
-        self.authenticated: weakref.WeakSet = weakref.WeakSet()  # TLS connections already in the history
+        # Each TLS connection's certificate, read once; a connection in here is in the history already.
+        self.peers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.metrics = Metrics()
         self.open_flows: dict[str, dict] = {}  # this relay's flows, by lease
         self.interconnect = Interconnect(config.interconnect_state) if config.interconnect_state else None
         self._suspension: tuple[tuple | None, Suspension | None] = (None, None)
+        self.trust: Trust | None = None  # the PP's anchors and CRLs in force (load_trust)
+        self.trust_problems: list[str] = []  # why revocation cannot be checked: then nobody gets in
+        self._trust_stamp: tuple | None = None
+        self._context: ssl.SSLContext | None = None
+        self._warned: set[str] = set()
 
     # -- set-up ------------------------------------------------------------
 
     def ssl_context(self) -> ssl.SSLContext:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.set_ciphers(CIPHERS)
-        context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
-        context.load_cert_chain(self.config.tls_certificate, self.config.tls_key)
-        context.load_verify_locations(cafile=self.config.tls_client_ca)
-        # A presented certificate must verify; a request without one gets a readable 403, not a bare reset.
-        context.verify_mode = ssl.CERT_OPTIONAL
-        return context
+        """The TLS context new connections take: rebuilt when the anchors or a CRL change."""
+        if self._context is None:
+            self.load_trust()
+        return self._context
+
+    def load_trust(self) -> None:
+        """Read the anchors and CRLs again and build the context of the next connections; open ones keep theirs."""
+        stamp = Trust(self.config.tls_client_ca, self.config.crl_dir).stamp()
+        trust = Trust.load(self.config.tls_client_ca, self.config.crl_dir)
+        self._context = server_context(self.config.tls_certificate, self.config.tls_key, trust)
+        first = self.trust is None
+        self.trust, self._trust_stamp = trust, stamp
+        if self.config.crl_dir is None:
+            log.warning("relay: no CRL directory: client certificates are not checked for revocation")
+        else:
+            expiries = ", ".join(f"{issuer} until {_utc(when)}" for issuer, when in trust.expiries().items())
+            log.info("relay: %s CRLs: %s", "using" if first else "reloaded", expiries or "none")
+        self.check_trust()
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard])
@@ -245,10 +235,10 @@ class Relay:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler) -> web.StreamResponse:
-        who = identity(request)
+        who, first = self._identity(request)
         request["who"] = who
         try:
-            await self._authenticate(request, who)
+            await self._authenticate(request, who, first)
             suspension = self.suspension()
             if suspension is not None:
                 raise Problem(
@@ -308,12 +298,27 @@ class Relay:
             )
         return None
 
-    async def _authenticate(self, request: web.Request, who: dict) -> None:
+    def _identity(self, request: web.Request) -> tuple[dict, bool]:
+        """The connection's certificate, read at its first request; and whether this is that first request."""
+        connection = request.transport.get_extra_info("ssl_object") if request.transport else None
+        if connection is None:
+            return {}, False
+        if connection in self.peers:
+            return self.peers[connection], False
+        who = self.peers[connection] = identity(request)
+        return who, True
+
+    async def _authenticate(self, request: web.Request, who: dict, first: bool) -> None:
         """Let a designated agent in, or refuse; the first request of a connection goes to the history."""
         refusal = self._refusal(who)
-        connection = request.transport.get_extra_info("ssl_object") if request.transport else None
-        if connection is not None and connection not in self.authenticated:
-            self.authenticated.add(connection)
+        if refusal is None and self.trust_problems:
+            refusal = Problem(
+                403,
+                "revocation-unknown",
+                "SYN's gateway cannot check certificates for revocation right now, so it lets nobody in: "
+                + "; ".join(self.trust_problems),
+            )
+        if first:
             fields = {"issuer": who.get("issuer", ""), "fingerprint": who.get("fingerprint", "")}
             if refusal is None:
                 await self._audit_auth("auth.accepted", request, result="accepted", **fields)
@@ -508,6 +513,8 @@ class Relay:
             "camera": camera["id"],
             "mode": mode,
             "agent": who["agent"],
+            "issuer": who["issuer"],
+            "serial": who["serial"],
             "task": asyncio.current_task(),
         }
         ended = "the client went away"
@@ -686,17 +693,85 @@ class Relay:
                 log.error("the interconnect stays closed: %s", suspension.reason)
         return suspension
 
-    async def _watch_suspension(self, period: float = 1.0) -> None:
-        """End every open flow within `period` of the interconnect being suspended."""
+    def _cut(self, flows, reason: str) -> None:
+        for flow in flows:
+            if "cut" not in flow:
+                flow["cut"] = reason
+                flow["task"].cancel()
+                log.warning("%s flow of %s on %s: %s", flow["mode"], flow["agent"], flow["camera"], reason)
+
+    async def _watch(self, period: float = 1.0) -> None:
+        """Every `period`: end open flows when the interconnect is suspended; follow the CRLs."""
         while True:
             suspension = self.suspension()
             if suspension is not None:
-                for flow in self.open_flows.values():
-                    if "cut" not in flow:
-                        flow["cut"] = f"the interconnect was suspended (incident {suspension.incident})"
-                        flow["task"].cancel()
-                        log.warning("%s flow of %s on %s: %s", flow["mode"], flow["agent"], flow["camera"], flow["cut"])
+                self._cut(self.open_flows.values(), f"the interconnect was suspended (incident {suspension.incident})")
+            stamp = Trust(self.config.tls_client_ca, self.config.crl_dir).stamp()
+            if stamp != self._trust_stamp:
+                try:
+                    self.load_trust()
+                except (OSError, ValueError) as exc:  # the anchors cannot be read: keep nobody in
+                    self._trust_stamp = stamp
+                    self.trust_problems = [f"the trust anchors {self.config.tls_client_ca} cannot be read ({exc})"]
+                    log.error("relay: nobody gets in: %s", self.trust_problems[0])
+                    self._cut(self.open_flows.values(), self.trust_problems[0])
+            else:
+                self.check_trust()
             await asyncio.sleep(period)
+
+    # -- the PP's smartcard PKI (article 6) ---------------------------------------
+
+    def check_trust(self, now: dt.datetime | None = None) -> None:
+        """Fail closed on a missing or expired CRL, warn of one about to expire, cut revoked agents' flows."""
+        now = now or dt.datetime.now(dt.UTC)
+        problems = self.trust.problems(now)
+        for problem in problems:
+            if problem not in self.trust_problems:
+                log.error("relay: revocation cannot be checked, nobody gets in: %s", problem)
+        if self.trust_problems and not problems:
+            log.info("relay: every CRL is current again: designated agents get in")
+        self.trust_problems = problems
+        if problems:
+            self._cut(self.open_flows.values(), f"revocation cannot be checked: {problems[0]}")
+            return
+        soon = now + dt.timedelta(hours=self.config.crl_warn_hours)
+        for issuer, expiry in self.trust.expiries().items():
+            key = f"{issuer}@{expiry}"
+            if expiry is not None and expiry <= soon and key not in self._warned:
+                self._warned.add(key)
+                log.warning(
+                    "relay: the CRL of %s expires at %s (in %.1f h): if halfbridge-crl cannot fetch a new one "
+                    "by then, nobody gets in",
+                    issuer,
+                    _utc(expiry),
+                    (expiry - now).total_seconds() / 3600,
+                )
+        revoked = [f for f in self.open_flows.values() if self.trust.revoked(f["issuer"], f["serial"])]
+        self._cut(revoked, "the agent's certificate was revoked (CRL refresh)")
+
+    async def handshake_refused(self, peer: str, who: dict, kind: str, reason: str) -> None:
+        """A TLS handshake OpenSSL refused: into the history, with what the handshake revealed."""
+        self.metrics.handshakes_refused[kind] = self.metrics.handshakes_refused.get(kind, 0) + 1
+        if kind == "client-left" and not who:  # a port probe, not an authentication
+            log.debug("relay: %s connected and left before any TLS handshake", peer)
+            return
+        log.info("relay: TLS handshake from %s refused: %s%s", peer, reason, f" ({who['subject']})" if who else "")
+        try:
+            await asyncio.to_thread(
+                self.audit.append,
+                "auth.refused",
+                peer=peer,
+                agent=who.get("agent", ""),
+                subject=who.get("subject", ""),
+                serial=who.get("serial", ""),
+                issuer=who.get("issuer", ""),
+                fingerprint=who.get("fingerprint", ""),
+                result="refused",
+                stage="handshake",
+                reason=f"TLS handshake refused: {reason}",
+            )
+        except AuditError as exc:
+            log.error("%s", exc)
 
     # -- management side ---------------------------------------------------
 
@@ -709,12 +784,16 @@ class Relay:
             answer = {}
         if not self.config.store_root.is_dir():
             problems.append(f"the store {self.config.store_root} is missing")
+        problems += [f"nobody gets in: {problem}" for problem in self.trust_problems]
         body = {
             "status": "fail" if problems else "pass",
             "problems": problems,
             "flows": answer.get("in_use"),
             "limit": answer.get("limit"),
             "suspended_for": suspension.incident if (suspension := self.suspension()) else None,
+            "crl_next_update": {issuer: _utc(when) for issuer, when in self.trust.expiries().items()}
+            if self.trust
+            else {},
         }
         return web.json_response(body, status=503 if problems else 200)
 
@@ -734,6 +813,27 @@ class Relay:
                 "halfbridge_interconnect_suspended",
                 "1 while SYN has suspended the interconnect (article 8).",
                 int(self.suspension() is not None),
+            ),
+            *gauge(
+                "halfbridge_revocation_checkable",
+                "1 while every CA of the PP's PKI has a current CRL; 0: nobody gets in (article 6).",
+                int(not self.trust_problems),
+            ),
+            *family(
+                "halfbridge_crl_next_update_timestamp_seconds",
+                "gauge",
+                "When each CRL in force expires (nextUpdate, Unix time): alert well before.",
+                (
+                    (f'{{issuer="{_label(issuer)}"}}', f"{when.timestamp():.0f}")
+                    for issuer, when in (self.trust.expiries().items() if self.trust else ())
+                    if when
+                ),
+            ),
+            *family(
+                "halfbridge_tls_handshakes_refused_total",
+                "counter",
+                "TLS handshakes refused, by reason (revoked, expired, unknown CA, old protocol...).",
+                ((f'{{reason="{k}"}}', v) for k, v in sorted(m.handshakes_refused.items())),
             ),
             *family(
                 "halfbridge_relay_requests_total",
@@ -775,15 +875,20 @@ class Relay:
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
         runners = []
+        self.load_trust()
         try:
-            for app, host, port, context in (
-                (self.app(), self.config.listen_host, self.config.listen_port, self.ssl_context()),
-                (self.management_app(), self.config.management_host, self.config.management_port, None),
+            for app, host, port in (
+                (self.app(), self.config.listen_host, self.config.listen_port),
+                (self.management_app(), self.config.management_host, self.config.management_port),
             ):
-                runner = web.AppRunner(app, access_log=None, handle_signals=False)
+                runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
                 await runner.setup()
                 runners.append(runner)
-                await web.TCPSite(runner, host, port, ssl_context=context, shutdown_timeout=2).start()
+                if runners[0] is runner:  # the PP's side: each connection takes the newest TLS context
+                    site = TLSSite(runner, host, port, self.ssl_context, self.handshake_refused)
+                else:
+                    site = web.TCPSite(runner, host, port)
+                await site.start()
             log.info(
                 "relay: %d camera(s) on https://%s:%d, health and metrics on http://%s:%d",
                 len(self.cameras),
@@ -796,7 +901,7 @@ class Relay:
                 log.warning("relay: no designated agent in the configuration: every request is refused (403)")
             if ready is not None:
                 ready.set()
-            await self._watch_suspension()
+            await self._watch()
         finally:
             for runner in reversed(runners):
                 await runner.cleanup()

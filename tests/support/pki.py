@@ -41,19 +41,27 @@ class TestCA:
         self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(
-        self, cn: str, server: bool = False, addresses: tuple[str, ...] = (), usage: bool = True, policies=()
+        self,
+        cn: str,
+        server: bool = False,
+        addresses: tuple[str, ...] = (),
+        usage: bool = True,
+        policies=(),
+        expired: bool = False,
     ) -> tuple[Path, Path]:
-        """A key and a certificate; `usage=False` leaves out the extended key usage, `policies` are OIDs."""
+        """A key and a certificate; `usage=False` leaves out the extended key usage, `policies` are OIDs,
+        `expired` ended yesterday."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
+        days = -1 if expired else 30
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(cn))
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=30))
+            .not_valid_before(now - dt.timedelta(days=10))
+            .not_valid_after(now + dt.timedelta(days=days))
         )
         if usage:
             purpose = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
@@ -71,3 +79,24 @@ class TestCA:
         key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, pkcs8, serialization.NoEncryption()))
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cert_path, key_path
+
+    def crl(self, path: Path, revoked: tuple[Path, ...] = (), hours: float = 24 * 7, age: float = 1.0) -> Path:
+        """Write this CA's CRL (PEM) to `path`, listing the certificates `revoked`: issued `age` hours ago,
+        valid for `hours` from then (a negative `hours` makes it expired already). Atomic, as halfbridge-crl."""
+        now = dt.datetime.now(dt.UTC)
+        issued = now - dt.timedelta(hours=age)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(issued)
+            .next_update(issued + dt.timedelta(hours=hours) if hours > 0 else now + dt.timedelta(hours=hours))
+        )
+        for cert_path in revoked:
+            serial = x509.load_pem_x509_certificate(cert_path.read_bytes()).serial_number
+            entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(issued).build()
+            builder = builder.add_revoked_certificate(entry)
+        crl = builder.sign(self.key, hashes.SHA256())
+        temporary = path.with_name(f".{path.name}.new")
+        temporary.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        temporary.replace(path)
+        return path

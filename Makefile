@@ -66,8 +66,11 @@ lint: deps
 	ruff format --check .
 
 # Unit and integration tests (no container: a local camera and real ffmpeg).
+# Unit tests on both cores (many start ansible-playbook); integration tests one at a
+# time, since they measure real time and CPU.
 pytest: deps
-	pytest -q tests
+	pytest -q -n 2 tests/unit
+	pytest -q tests/integration
 
 molecule: deps
 	@mkdir -p .cache/molecule

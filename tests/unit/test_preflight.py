@@ -204,7 +204,8 @@ def test_an_inventory_without_designated_agents_is_refused(inventory):
 
 
 def test_an_agent_designated_twice_is_refused(inventory):
-    edit(inventory, AGENTS, lambda d: d["halfbridge_designated_agents"].append({"id": "agent-lab-01"}))
+    twice = [{"id": "agent-lab-01"}, {"id": "agent-lab-01"}]
+    edit(inventory, AGENTS, lambda d: d.update({"halfbridge_designated_agents": twice}))
     assert 'It has ["agent-lab-01", "agent-lab-01"]' in refused(inventory)
 
 

@@ -48,7 +48,8 @@ def certificate(name: str, days: float, ca: bool = True) -> str:
 
 def check(tmp_path, anchors: list[dict], crls: list[dict] | None = None) -> subprocess.CompletedProcess:
     (tmp_path / "play.yml").write_text(PLAY)
-    crls = crls if crls is not None else [{"name": f"crl-{i}", "url": "http://pki.example/x.crl"} for i in range(len(anchors))]
+    if crls is None:
+        crls = [{"name": f"crl-{i}", "url": "http://pki.example/x.crl"} for i in range(len(anchors))]
     (tmp_path / "vars.json").write_text(
         json.dumps({"smartcard_pki_trust_anchors": anchors, "smartcard_pki_trust_crls": crls})
     )

@@ -56,7 +56,6 @@ PROBLEM = "application/problem+json"
 TS_TYPE = "video/mp2t"
 
 
-# ANSSI's TLS guide: forward secrecy and AEAD only (TLS 1.3 suites are all AEAD).
 @dataclass
 class RelayConfig:
     listen_host: str
@@ -311,6 +310,9 @@ class Relay:
     async def _authenticate(self, request: web.Request, who: dict, first: bool) -> None:
         """Let a designated agent in, or refuse; the first request of a connection goes to the history."""
         refusal = self._refusal(who)
+        if refusal is None and self.trust is not None and self.trust.revoked(who["issuer"], who["serial"]):
+            # Revoked since this connection's handshake: its next requests are refused too.
+            refusal = Problem(403, "certificate-revoked", f"the certificate of {who['agent']} has been revoked")
         if refusal is None and self.trust_problems:
             refusal = Problem(
                 403,
@@ -877,17 +879,18 @@ class Relay:
         runners = []
         self.load_trust()
         try:
+            # Health and metrics first: once the PP's port is open, everything answers.
             for app, host, port in (
-                (self.app(), self.config.listen_host, self.config.listen_port),
                 (self.management_app(), self.config.management_host, self.config.management_port),
+                (self.app(), self.config.listen_host, self.config.listen_port),
             ):
                 runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2)
                 await runner.setup()
                 runners.append(runner)
-                if runners[0] is runner:  # the PP's side: each connection takes the newest TLS context
-                    site = TLSSite(runner, host, port, self.ssl_context, self.handshake_refused)
-                else:
+                if len(runners) == 1:
                     site = web.TCPSite(runner, host, port)
+                else:  # the PP's side: each connection takes the newest TLS context
+                    site = TLSSite(runner, host, port, self.ssl_context, self.handshake_refused)
                 await site.start()
             log.info(
                 "relay: %d camera(s) on https://%s:%d, health and metrics on http://%s:%d",

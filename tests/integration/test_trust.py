@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import ssl
 
 import pytest
@@ -108,6 +109,9 @@ def test_an_agent_revoked_during_a_live_flow_loses_it_at_the_next_refresh_and_ca
     martin_flow = lab.open(f"/v1/cameras/{camera.id}/live", certificate=martin)
     assert dupont_flow.status == 200 and dupont_flow.read1(65536)
     assert martin_flow.status == 200 and martin_flow.read1(65536)
+    kept_alive = lab.connect()  # a connection whose handshake came before the revocation
+    kept_alive.request("GET", "/v1/cameras")
+    assert kept_alive.getresponse().read() and kept_alive.sock is not None
 
     lab.ca.crl(lab.crl_path, revoked=(lab.client_cert,))  # the PP revokes agent-dupont's card
     ends = lambda: [e for e in lab.audit() if e["event"] == "flow.end"]  # noqa: E731
@@ -118,6 +122,9 @@ def test_an_agent_revoked_during_a_live_flow_loses_it_at_the_next_refresh_and_ca
         while dupont_flow.read1(65536):  # what was in flight, then the end (or a reset)
             pass
     dupont_flow.close()
+    kept_alive.request("GET", "/v1/cameras")  # its next request is refused too
+    answer = kept_alive.getresponse()
+    assert answer.status == 403 and json.loads(answer.read())["type"].endswith(":certificate-revoked")
     refused_at_handshake(lab, True)
     wait_for(lambda: handshake_refusals(lab), 10, "the refusal in the history")
     assert handshake_refusals(lab)[-1]["agent"] == "agent-dupont"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import yaml
 from ansible.errors import AnsibleActionFail
 
 from tests.support.inventory import ROOT
+from tests.support.playbook import ansible_playbook
 
 spec = importlib.util.spec_from_file_location("cw", ROOT / "plugins" / "action" / "halfbridge_change_window.py")
 cw = importlib.util.module_from_spec(spec)
@@ -120,11 +120,7 @@ def run(tmp_path: Path, fingerprint=None, changes=(), record=False, check=False,
     ]
     playbook = tmp_path / "play.yml"
     playbook.write_text(yaml.safe_dump(play))
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-    return subprocess.run(
-        ["ansible-playbook", "-i", "localhost,", "-c", "local", str(playbook), *(["--check"] if check else [])],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    return ansible_playbook("-i", "localhost,", "-c", "local", str(playbook), *(["--check"] if check else []))
 
 
 def said(done: subprocess.CompletedProcess) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 
 import pytest
@@ -13,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.support.inventory import ROOT
+from tests.support.playbook import ansible_playbook
 
 PLAY = """
 - name: The role's checks alone
@@ -53,16 +52,7 @@ def check(tmp_path, anchors: list[dict], crls: list[dict] | None = None) -> subp
     (tmp_path / "vars.json").write_text(
         json.dumps({"smartcard_pki_trust_anchors": anchors, "smartcard_pki_trust_crls": crls})
     )
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-    return subprocess.run(
-        ["ansible-playbook", "-i", "localhost,", str(tmp_path / "play.yml"), "-e", f"@{tmp_path / 'vars.json'}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return ansible_playbook("-i", "localhost,", str(tmp_path / "play.yml"), "-e", f"@{tmp_path / 'vars.json'}")
 
 
 def test_current_anchors_pass(tmp_path):

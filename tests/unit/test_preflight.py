@@ -7,7 +7,6 @@ check runs on the controller.
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import subprocess
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 from tests.support.inventory import LAB_INVENTORY, ROOT
+from tests.support.playbook import ansible_playbook
 
 CONVENTION = Path("group_vars/all/convention.yml")
 CAMERAS = Path("group_vars/all/cameras.yml")
@@ -39,21 +39,9 @@ def edit(inventory: Path, relative: Path, change) -> None:
 
 
 def preflight(inventory: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_VAULT_IDENTITY_LIST": f"lab@{LAB_INVENTORY / 'vault-password'}",
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-    }
-    return subprocess.run(
-        ["ansible-playbook", "-i", str(inventory), str(ROOT / "playbooks" / "preflight.yml"), *extra],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    vault = f"lab@{LAB_INVENTORY / 'vault-password'}"
+    return ansible_playbook(
+        "-i", str(inventory), str(ROOT / "playbooks" / "preflight.yml"), *extra, ANSIBLE_VAULT_IDENTITY_LIST=vault
     )
 
 

@@ -1,17 +1,25 @@
-"""The half-gateway's audit log: append-only JSON lines, each chained to the one before.
+"""The half-gateway's audit log: bounded JSON lines in a chain keyed with a secret only the writer holds.
 
-Every daemon (recorder, relay, retention, incident playbooks) writes here
-what the convention asks SYN to be able to prove: authentications, flows,
-destructions, interruptions. Each line is one JSON object:
+Every daemon (recorder, relay, retention, CRL refresh) and every operation
+(incident, change notice) records here what the convention asks SYN to be
+able to prove: authentications, flows, destructions, interruptions. One
+process writes the file: `halfbridge-auditd` (`halfbridge.auditd`), under
+its own user; the others send it entries over a Unix socket
+(`AuditClient`). Each line is one JSON object:
 
-    {"seq": 42, "time": "2026-11-29T09:58:50.123456Z", "event": "flow.start", ...,
-     "prev": "<hash of line 41>", "hash": "<sha256 of this line without its hash>"}
+    {"seq": 42, "time": "2026-11-29T09:58:50.123456Z", "event": "flow.start", "source": "halfbridge", ...,
+     "prev": "<hash of entry 41>", "hash": "<HMAC-SHA256 of this entry without its hash>"}
 
-so that removing, reordering or editing a line breaks the chain, and
-`halfbridge-audit verify` says where. Writers from several processes
-serialise on an exclusive lock of the file; each append is one write(2)
-followed by fsync. A head file (`<log>.head`, the last seq and hash) lets
-verify notice lines cut off the end too.
+The hash is keyed (HMAC-SHA256 with the writer's key), so that someone who
+can write the file but does not hold the key cannot edit an entry and
+recompute the chain. Each file starts with the writer's own entry
+(`audit.opened` for the first, `audit.rotated` after a rotation), so lines
+cut off the front of a file are noticed; a keyed head file and the
+checkpoints forwarded to SYN's collector notice lines cut off the end.
+
+This module holds what the writer and the readers share: the bounds and
+cleaning of fields, the keyed hash, reading, `verify`, `query` and the CSV
+export. It never writes a log itself.
 """
 
 from __future__ import annotations
@@ -19,115 +27,252 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
-import fcntl
 import gzip
 import hashlib
+import hmac
 import io
 import json
 import os
+import re
+import socket
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 GENESIS = "0" * 64
-_TAIL = 65536
+DEFAULT_SOCKET = Path("/run/halfbridge-audit/audit.sock")
+DEFAULT_LOG = Path("/var/log/halfbridge/audit.log")
+DEFAULT_KEY = Path("/etc/halfbridge/audit.key")
+
+# Bounds of what one entry may hold, whatever a certificate, a client or a disk gives.
+MAX_LINE = 4096  # bytes of one line, newline included
+MAX_TEXT = 512  # characters of one text field (a subject, an issuer, a reason)
+MAX_ITEMS = 32  # fields of an entry, items of a list or of an object
+MAX_DEPTH = 3  # nesting of lists and objects
+MAX_KEY = 64  # characters of a field name
+MAX_REQUEST = 65536  # bytes of one request to the writer
+RESERVED = ("seq", "time", "event", "source", "prev", "hash")
+EVENT_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}(\.[a-z0-9_-]{1,32}){0,3}$")
+_KEY_RE = re.compile(r"[^A-Za-z0-9_.-]")
+# Writer's own events: the socket refuses them from anyone else.
+WRITER_EVENTS = ("audit.opened", "audit.rotated", "audit.expired", "audit.restarted")
 
 
 class AuditError(RuntimeError):
     """The audit log cannot be written; nothing that needed recording may go on silently."""
 
 
-def _canonical(entry: dict) -> bytes:
+# -- cleaning and bounding -------------------------------------------------
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def clean_text(value: str, limit: int = MAX_TEXT) -> str:
+    """Control, format and separator characters escaped (`\\x1b`), lone surrogates too; at most `limit` characters."""
+    out = []
+    for char in value:
+        category = unicodedata.category(char)
+        out.append(_escape(char) if category in ("Cc", "Cf", "Cs", "Zl", "Zp", "Co", "Cn") else char)
+        if len(out) > limit:
+            break
+    text = "".join(out)
+    if len(text) > limit:
+        return text[: limit - 1] + "…"
+    return text
+
+
+def clean(value, limit: int = MAX_TEXT, depth: int = 0):
+    """A value as it may go into an entry: bounded text, numbers, booleans, null, and bounded lists and objects."""
+    if value is None or isinstance(value, bool | int):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+            return clean_text(str(value), limit)
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else str(value)
+    if isinstance(value, str):
+        return clean_text(value, limit)
+    if isinstance(value, bytes):
+        return clean_text(value.decode("utf-8", "backslashreplace"), limit)
+    if depth >= MAX_DEPTH:
+        return clean_text(json.dumps(value, default=str, ensure_ascii=False)[: limit * 4], limit)
+    if isinstance(value, dict):
+        items = list(value.items())
+        cleaned = {clean_key(k): clean(v, limit, depth + 1) for k, v in items[:MAX_ITEMS]}
+        if len(items) > MAX_ITEMS:
+            cleaned["…"] = f"{len(items) - MAX_ITEMS} more"
+        return cleaned
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=str) if isinstance(value, set | frozenset) else list(value)
+        cleaned = [clean(v, limit, depth + 1) for v in items[:MAX_ITEMS]]
+        if len(items) > MAX_ITEMS:
+            cleaned.append(f"… {len(items) - MAX_ITEMS} more")
+        return cleaned
+    return clean_text(str(value), limit)
+
+
+def clean_key(key) -> str:
+    """A field name: letters, digits, `_.-`, at most 64 characters."""
+    text = _KEY_RE.sub("_", str(key))[:MAX_KEY]
+    return text or "_"
+
+
+def check_event(event) -> str:
+    if not isinstance(event, str) or not EVENT_RE.match(event):
+        raise ValueError(
+            f"an audit event is a dotted lower-case name of at most 4 parts (auth.accepted), "
+            f"not {clean_text(str(event), 80)!r}"
+        )
+    return event
+
+
+def bounded_fields(fields: dict) -> dict:
+    """The fields an entry may carry: cleaned, at most MAX_ITEMS, reserved names refused."""
+    if not isinstance(fields, dict):
+        raise ValueError("the fields of an audit entry are a JSON object")
+    reserved = sorted(key for key in fields if key in RESERVED)
+    if reserved:
+        raise ValueError(f"an audit entry may not set {', '.join(reserved)}: the writer does")
+    return clean(fields, MAX_TEXT, 0)
+
+
+def fit(entry: dict, key: bytes) -> tuple[dict, bytes]:
+    """Seal the entry and make its line fit MAX_LINE, shortening text fields first, dropping fields last."""
+    for limit in (None, 256, 64, 16):
+        if limit is not None:
+            entry = {
+                k: (v if k in RESERVED else clean(v, limit)) for k, v in entry.items() if k not in ("hash", "truncated")
+            }
+            entry["truncated"] = True
+        line = seal(entry, key)
+        if len(line) <= MAX_LINE:
+            return entry, line
+    dropped = sorted(k for k in entry if k not in RESERVED and k != "truncated")
+    entry = {k: v for k, v in entry.items() if k in RESERVED and k != "hash"}
+    entry["truncated"] = True
+    entry["dropped"] = clean(dropped, 16)
+    line = seal(entry, key)
+    if len(line) > MAX_LINE:  # the field names alone were too long
+        entry["dropped"] = len(dropped)
+        line = seal(entry, key)
+    return entry, line
+
+
+# -- the keyed chain -------------------------------------------------------
+
+
+def canonical(entry: dict) -> bytes:
     return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def entry_hash(entry: dict) -> str:
-    """The hash of an entry: SHA-256 of its canonical JSON, without its own `hash`."""
-    return hashlib.sha256(_canonical({k: v for k, v in entry.items() if k != "hash"})).hexdigest()
+def mac(key: bytes, payload: bytes) -> str:
+    return hmac.new(key, payload, hashlib.sha256).hexdigest()
+
+
+def entry_hash(entry: dict, key: bytes | None) -> str:
+    """An entry's hash: HMAC-SHA256 of its canonical JSON without its own `hash` (plain SHA-256 without a key)."""
+    payload = canonical({k: v for k, v in entry.items() if k != "hash"})
+    return mac(key, payload) if key is not None else hashlib.sha256(payload).hexdigest()
+
+
+def seal(entry: dict, key: bytes) -> bytes:
+    """Set the entry's keyed hash; its line, newline included."""
+    entry["hash"] = entry_hash(entry, key)
+    return canonical(entry) + b"\n"
+
+
+def head_mac(key: bytes, record: dict) -> str:
+    return mac(key, canonical({k: v for k, v in record.items() if k != "mac"}))
+
+
+def read_key(path: str | os.PathLike) -> bytes:
+    """The chain's key: the file's text, stripped (at least 32 bytes of it)."""
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise AuditError(
+            f"cannot read the audit key {path}: {exc.strerror}; run as root or as the audit writer's user, "
+            "or give --key"
+        ) from None
+    if len(key) < 32:
+        raise AuditError(f"the audit key {path} is too short: it needs at least 32 characters (64 hex digits)")
+    return key
 
 
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-class AuditLog:
-    """Append entries to one audit log file (safe across processes)."""
+# -- the client every other process uses -----------------------------------
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.head = self.path.with_name(self.path.name + ".head")
+
+class AuditClient:
+    """Send entries to the audit writer (`halfbridge-auditd`) over its Unix socket."""
+
+    def __init__(self, socket_path: str | os.PathLike = DEFAULT_SOCKET, timeout: float = 10.0) -> None:
+        self.socket_path = str(socket_path)
+        self.timeout = timeout
 
     def append(self, event: str, **fields) -> dict:
-        """Record one event; returns the entry written. Raises AuditError if it cannot be written."""
-        if not event or any(key in fields for key in ("seq", "time", "event", "prev", "hash")):
-            raise ValueError("an audit entry needs an event name and may not set seq, time, event, prev or hash")
+        """Record one event; returns the entry as written. Raises AuditError if it was not written."""
+        check_event(event)
+        # ASCII on the wire: text that is not valid UTF-8 (a lone surrogate) travels escaped, and is cleaned there.
+        request = json.dumps({"event": event, "fields": fields}, default=str).encode()
+        for limit in (MAX_TEXT, 128, 16):  # what the writer would cut anyway is cut before it travels
+            if len(request) < MAX_REQUEST:
+                break
+            request = json.dumps({"event": event, "fields": clean(bounded_fields(fields), limit)}).encode()
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(self.timeout)
+                sock.connect(self.socket_path)
+                sock.sendall(request + b"\n")
+                answer = _read_line(sock)
         except OSError as exc:
-            raise AuditError(f"cannot open the audit log {self.path}: {exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            seq, prev = self._last(fd)
-            entry = {"seq": seq + 1, "time": now_iso(), "event": event, **fields, "prev": prev}
-            entry["hash"] = entry_hash(entry)
-            line = _canonical(entry) + b"\n"
-            written = os.write(fd, line)
-            if written != len(line):
-                raise AuditError(f"short write to the audit log {self.path} (disk full?)")
-            os.fsync(fd)
-            self._write_head(entry)
-            return entry
-        except OSError as exc:
-            raise AuditError(f"cannot write the audit log {self.path}: {exc}") from exc
-        finally:
-            os.close(fd)  # releases the lock
-
-    def _last(self, fd: int) -> tuple[int, str]:
-        """Seq and hash of the last complete line (the head file when the log was just rotated)."""
-        size = os.fstat(fd).st_size
-        if size == 0:
-            return self._read_head()
-        start = max(0, size - _TAIL)
-        data = os.pread(fd, size - start, start)
-        lines = data.rstrip(b"\n").split(b"\n")
-        try:
-            last = json.loads(lines[-1])
-            return int(last["seq"]), str(last["hash"])
-        except (ValueError, KeyError, TypeError):
             raise AuditError(
-                f"the last line of the audit log {self.path} is damaged; run `halfbridge-audit verify` "
-                "and have a person decide before anything is appended"
+                f"the audit writer cannot be reached at {self.socket_path} ({exc.strerror or exc}): "
+                "is halfbridge-auditd running? (systemctl status halfbridge-auditd)"
             ) from None
-
-    def _read_head(self) -> tuple[int, str]:
         try:
-            head = json.loads(self.head.read_text())
-            return int(head["seq"]), str(head["hash"])
-        except FileNotFoundError:
-            return 0, GENESIS
-        except (ValueError, KeyError, TypeError) as exc:
-            raise AuditError(f"the audit head file {self.head} is damaged: {exc}") from None
-
-    def _write_head(self, entry: dict) -> None:
-        tmp = self.head.with_name(self.head.name + ".tmp")
-        tmp.write_text(json.dumps({"seq": entry["seq"], "hash": entry["hash"]}) + "\n")
-        os.replace(tmp, self.head)
+            reply = json.loads(answer)
+        except ValueError:
+            raise AuditError(f"the audit writer at {self.socket_path} gave an unreadable answer") from None
+        if not reply.get("ok"):
+            error = reply.get("error", "no reason given")
+            if reply.get("refused"):
+                raise ValueError(f"the audit writer refused the entry: {error}")
+            raise AuditError(f"the audit writer could not write the entry: {error}")
+        return reply["entry"]
 
 
-@dataclass
-class Verdict:
-    entries: int = 0
-    problems: list[str] = field(default_factory=list)
+def _read_line(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionResetError("the audit writer closed the connection without an answer")
+        data += chunk
+        if len(data) > 4 * MAX_LINE:
+            raise ConnectionResetError("the audit writer's answer is too long")
+    return data
 
-    @property
-    def ok(self) -> bool:
-        return not self.problems
+
+# -- reading and verifying -------------------------------------------------
+
+
+def with_rotations(log: str | os.PathLike) -> list[Path]:
+    """The writer's rotations of `log` (audit-*.log, audit-*.log.gz beside it), oldest first, then `log`."""
+    path = Path(log)
+    rotated = [*path.parent.glob("audit-*.log"), *path.parent.glob("audit-*.log.gz")]
+    return [*sorted(p for p in rotated if ".set-aside." not in p.name), path]
 
 
 def read(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, int, dict | None]]:
     """Every line of the given files, in order: (file, line number, entry or None if unreadable)."""
     for path in paths:
-        # logrotate compresses the older files; they are read as they are.
         opener = gzip.open if str(path).endswith(".gz") else open
         with opener(path, "rb") as handle:
             for number, raw in enumerate(handle, 1):
@@ -138,37 +283,185 @@ def read(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, int, dict | 
                 yield str(path), number, entry if isinstance(entry, dict) else None
 
 
-def verify(paths: list[str | os.PathLike], head: str | os.PathLike | None = None) -> Verdict:
-    """Check the chain across the files (oldest first); name every break."""
+def last_entry(path: str | os.PathLike, block: int = 65536) -> tuple[dict | None, int]:
+    """The last line of a file, read backwards block by block whatever its length; and the size that ends it.
+
+    Returns (None, size) for an empty file; raises ValueError when the last line is not a JSON object
+    (damaged, or cut in the middle of a write).
+    """
+    with Path(path).open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return None, 0
+        end, tail = size, b""
+        while end > 0:
+            start = max(0, end - block)
+            handle.seek(start)
+            tail = handle.read(end - start) + tail
+            end = start
+            body = tail[:-1] if tail.endswith(b"\n") else tail
+            cut = body.rfind(b"\n")
+            if cut >= 0 or end == 0:
+                line = body[cut + 1 :]
+                entry = json.loads(line)
+                if not isinstance(entry, dict):
+                    raise ValueError("not a JSON object")
+                return entry, size
+    return None, size
+
+
+@dataclass
+class Verdict:
+    entries: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(
+    paths: list[str | os.PathLike],
+    key: bytes | None,
+    head: str | os.PathLike | None = None,
+    against: list[str | os.PathLike] | None = None,
+    legacy: bool = False,
+) -> Verdict:
+    """Check the chain across the files (oldest first), naming every break.
+
+    With the key, every entry's keyed hash is checked: an edit is found even when
+    the chain was recomputed without the key. Without it (`key=None`), only the
+    links are checked, or, with `legacy`, the unkeyed SHA-256 of the logs written
+    before the writer existed. `head` is the writer's keyed head file; `against`
+    are copies kept off the gateway (the collector's copy of the entries and its
+    checkpoints): every (seq, hash) there must be in these files, unchanged.
+    """
     verdict = Verdict()
-    expected_seq, prev = None, None
+    wanted = _checkpoints(against or [], key, verdict)
+    found: dict[int, str] = {}
+    expected_seq, prev, current = None, None, None
     for path, number, entry in read(paths):
         where = f"{path}:{number}"
+        if path != current:
+            current = path
+            first_of_file = True
         if entry is None:
             verdict.problems.append(f"{where}: not a JSON object (damaged or edited line)")
-            expected_seq, prev = None, None
+            expected_seq, prev, first_of_file = None, None, False
             continue
         verdict.entries += 1
-        if entry.get("hash") != entry_hash(entry):
-            verdict.problems.append(f"{where}: seq {entry.get('seq')} was altered (its hash does not match)")
-        if expected_seq is not None and entry.get("seq") != expected_seq:
+        seq = entry.get("seq") if isinstance(entry.get("seq"), int) else None
+        if verdict.first_seq is None:
+            verdict.first_seq = seq
+        checked = key is not None or legacy
+        if checked and not hmac.compare_digest(str(entry.get("hash")), entry_hash(entry, key)):
+            verdict.problems.append(f"{where}: seq {seq} was altered (its keyed hash does not match)")
+        if first_of_file and not legacy:
+            _check_file_start(verdict, path, where, entry, seq, expected_seq)
+        first_of_file = False
+        if expected_seq is not None and seq != expected_seq:
             verdict.problems.append(
-                f"{where}: seq {entry.get('seq')} follows seq {expected_seq - 1}: "
-                f"{'missing' if (entry.get('seq') or 0) > expected_seq else 'repeated or reordered'} entries"
+                f"{where}: seq {seq} follows seq {expected_seq - 1}: "
+                f"{'missing' if (seq or 0) > expected_seq else 'repeated or reordered'} entries"
             )
         elif prev is not None and entry.get("prev") != prev:
-            verdict.problems.append(f"{where}: seq {entry.get('seq')} does not chain to the entry before it")
-        elif expected_seq is None and verdict.entries == 1 and entry.get("seq") == 1 and entry.get("prev") != GENESIS:
+            verdict.problems.append(f"{where}: seq {seq} does not chain to the entry before it")
+        elif expected_seq is None and seq == 1 and entry.get("prev") != GENESIS:
             verdict.problems.append(f"{where}: the first entry does not start the chain")
-        expected_seq, prev = (entry.get("seq") or 0) + 1, entry.get("hash")
+        if seq is not None and seq in wanted:
+            found[seq] = str(entry.get("hash"))
+        expected_seq, prev = (seq or 0) + 1, entry.get("hash")
+        verdict.last_seq = seq
     if head is not None and Path(head).exists():
-        recorded = json.loads(Path(head).read_text())
-        if expected_seq is None or recorded.get("seq") != expected_seq - 1 or recorded.get("hash") != prev:
-            last = "nothing" if expected_seq is None else f"seq {expected_seq - 1}"
-            verdict.problems.append(
-                f"the log ends at {last} but its head file says seq {recorded.get('seq')}: entries were cut off the end"
-            )
+        _check_head(verdict, Path(head), key, verdict.last_seq, prev)
+    _check_against(verdict, wanted, found)
     return verdict
+
+
+def _check_file_start(verdict: Verdict, path: str, where: str, entry: dict, seq, expected_seq) -> None:
+    """A file begins with the writer's opening or rotation entry; anything else means its front was cut."""
+    event = entry.get("event")
+    if event == "audit.opened" and seq == 1:
+        return
+    if event in ("audit.rotated", "audit.restarted"):
+        if expected_seq is None:
+            verdict.notes.append(
+                f"{path} begins at seq {seq}, continuing {entry.get('previous_file') or 'an older file'}, "
+                "which was not given (expired, or not named)"
+            )
+        return
+    verdict.problems.append(
+        f"{where}: {path} starts at seq {seq} ({event}), not with the writer's opening or rotation entry: "
+        "lines were cut off its front"
+    )
+
+
+def _check_head(verdict: Verdict, head: Path, key: bytes | None, last_seq, last_hash) -> None:
+    try:
+        recorded = json.loads(head.read_text())
+        seq, digest = int(recorded["seq"]), str(recorded["hash"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        verdict.problems.append(f"the head file {head} cannot be read: {exc}")
+        return
+    if key is not None and not hmac.compare_digest(str(recorded.get("mac")), head_mac(key, recorded)):
+        verdict.problems.append(f"the head file {head} was altered (its keyed seal does not match)")
+        return
+    if last_seq is None or seq > last_seq:
+        last = "nothing" if last_seq is None else f"seq {last_seq}"
+        verdict.problems.append(
+            f"the log ends at {last} but its head file says seq {seq}: entries were cut off the end"
+        )
+    elif seq == last_seq and digest != last_hash:
+        verdict.problems.append(
+            f"the last entry, seq {seq}, differs from the one its head file sealed: it was rewritten"
+        )
+
+
+def _checkpoints(paths: list[str | os.PathLike], key: bytes | None, verdict: Verdict) -> dict[int, str]:
+    """Each (seq, hash) a copy off the gateway holds: forwarded entries and sealed checkpoints."""
+    wanted: dict[int, str] = {}
+    for path, number, record in read(paths):
+        if record is None or not isinstance(record.get("seq"), int):
+            verdict.notes.append(f"{path}:{number}: not an entry nor a checkpoint (skipped)")
+            continue
+        digest = str(record.get("hash"))
+        if key is not None:
+            sealed = record.get("mac") if record.get("checkpoint") else record.get("hash")
+            expected = head_mac(key, record) if record.get("checkpoint") else entry_hash(record, key)
+            if not hmac.compare_digest(str(sealed), expected):
+                verdict.notes.append(f"{path}:{number}: not sealed with this key (skipped)")
+                continue
+        wanted[record["seq"]] = digest
+    return wanted
+
+
+def _check_against(verdict: Verdict, wanted: dict[int, str], found: dict[int, str]) -> None:
+    if not wanted:
+        return
+    last = verdict.last_seq or 0
+    beyond = [seq for seq in wanted if seq > last]
+    if beyond:
+        verdict.problems.append(
+            f"the log ends at seq {last} but the collector holds up to seq {max(beyond)}: "
+            f"{len(beyond)} entries or checkpoints beyond the end were cut off"
+        )
+    first = verdict.first_seq or 0
+    missing = [seq for seq in wanted if first <= seq <= last and seq not in found]
+    changed = sorted(seq for seq, digest in found.items() if digest != wanted[seq])
+    if missing:
+        verdict.problems.append(
+            f"{len(missing)} entries the collector holds are missing here (first seq {min(missing)})"
+        )
+    if changed:
+        verdict.problems.append(
+            f"{len(changed)} entries differ from the collector's copy (first seq {changed[0]}): they were rewritten"
+        )
+
+
+# -- queries for auditors --------------------------------------------------
 
 
 def query(
@@ -201,10 +494,16 @@ def to_csv(entries: Iterable[dict]) -> str:
     writer = csv.DictWriter(out, fieldnames=[*first, *rest, "hash"], extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow(
-            {k: json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v for k, v in row.items()}
-        )
+        writer.writerow({k: _cell(v) for k, v in row.items()})
     return out.getvalue()
+
+
+def _cell(value):
+    """A CSV cell; text a spreadsheet would take for a formula (a hostile subject `=HYPERLINK(…)`) is quoted."""
+    text = json.dumps(value, ensure_ascii=False) if isinstance(value, dict | list) else value
+    if isinstance(text, str) and text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + text
+    return text
 
 
 def _parse_time(value) -> dt.datetime | None:

@@ -151,7 +151,7 @@ def crl_main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="halfbridge-crl", description=crl_main.__doc__)
     parser.add_argument("action", choices=("refresh", "status"), help="refresh: fetch and install; status: report")
-    parser.add_argument("config", help="the JSON configuration (anchors, crl_dir, sources, audit_log, warn_hours)")
+    parser.add_argument("config", help="the JSON configuration (anchors, crl_dir, sources, audit_socket, warn_hours)")
     args = parser.parse_args(argv)
     _logging(False)
     try:
@@ -177,8 +177,21 @@ def audit_main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="halfbridge-audit", description=audit_main.__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    check = sub.add_parser("verify", help="check that no entry was removed, edited or cut off")
+    check = sub.add_parser("verify", help="check that no entry was removed, edited, reordered or cut off")
     check.add_argument("files", nargs="+", help="log files, oldest first (rotated files, then the current one)")
+    check.add_argument("--key", default=str(audit.DEFAULT_KEY), help=f"the chain's key (default {audit.DEFAULT_KEY})")
+    check.add_argument(
+        "--no-key", action="store_true", help="check the links only (whoever can write the file can forge them)"
+    )
+    check.add_argument("--legacy", action="store_true", help="logs written before the audit writer (unkeyed SHA-256)")
+    check.add_argument("--head", help="the sealed head file (default: audit.head beside the last file, if any)")
+    check.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="COPY",
+        help="a copy kept off the gateway (the collector's audit.log or audit.checkpoints); repeat for each",
+    )
     ask = sub.add_parser("query", help="list entries, e.g. --event auth --field agent=... --since 2026-11-01")
     ask.add_argument("files", nargs="+", help="log files, oldest first")
     ask.add_argument("--event", help="event name or prefix (auth, flow, retention, interconnect...)")
@@ -186,27 +199,25 @@ def audit_main(argv: list[str] | None = None) -> int:
     ask.add_argument("--until", type=_date, help="before this date or time (UTC)")
     ask.add_argument("--result-field", "--field", action="append", default=[], metavar="NAME=VALUE")
     ask.add_argument("--csv", action="store_true", help="CSV for an auditor instead of JSON lines")
+    ask.add_argument(
+        "--with-rotations", action="store_true", help="each file's rotations by the writer too (audit-*.log[.gz])"
+    )
     note = sub.add_parser("record", help="append one entry for a playbook (events change.* only)")
     note.add_argument("event", help="change.emergency, change.notified...")
     note.add_argument("--fields", default="{}", help="the entry's fields, a JSON object")
-    note.add_argument("--log", default="/var/log/halfbridge/audit.log", help="the audit log")
+    note.add_argument("--socket", default=str(audit.DEFAULT_SOCKET), help="the audit writer's socket")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
         if args.command == "verify":
-            head = f"{args.files[-1]}.head"
-            verdict = audit.verify(args.files, head)
-            for problem in verdict.problems:
-                print(problem)
-            state = "chain intact" if verdict.ok else f"{len(verdict.problems)} problem(s)"
-            print(f"{verdict.entries} entries, {state}")
-            return 0 if verdict.ok else 1
+            return _audit_verify(args)
         if args.command == "record":
-            return _audit_record(args.log, args.event, args.fields)
+            return _audit_record(args.socket, args.event, args.fields)
         match = dict(item.partition("=")[::2] for item in args.result_field)
-        found = audit.query(args.files, args.event, args.since, args.until, match)
+        files = [p for f in args.files for p in audit.with_rotations(f)] if args.with_rotations else args.files
+        found = audit.query(files, args.event, args.since, args.until, match)
         if args.csv:
             sys.stdout.write(audit.to_csv(found))
         else:
@@ -216,11 +227,36 @@ def audit_main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"halfbridge-audit: {exc.filename}: no such file", file=sys.stderr)
         return 2
+    except audit.AuditError as exc:
+        print(f"halfbridge-audit: {exc}", file=sys.stderr)
+        return 2
 
 
-def _audit_record(log: str, event: str, fields: str) -> int:
+def _audit_verify(args) -> int:
+    from pathlib import Path
+
+    from halfbridge import audit
+
+    key = None if args.no_key or args.legacy else audit.read_key(args.key)
+    head = args.head or str(Path(args.files[-1]).with_name("audit.head"))
+    verdict = audit.verify(args.files, key, head, args.against, legacy=args.legacy)
+    for note in verdict.notes:
+        print(f"note: {note}")
+    for problem in verdict.problems:
+        print(problem)
+    span = "" if verdict.first_seq is None else f" (seq {verdict.first_seq} to {verdict.last_seq})"
+    state = "chain intact" if verdict.ok else f"{len(verdict.problems)} problem(s)"
+    how = "links only, not the keyed hashes" if key is None and not args.legacy else "keyed"
+    if args.legacy:
+        how = "unkeyed SHA-256 (written before the audit writer)"
+    checked = f", checked against {len(args.against)} copies" if args.against else ""
+    print(f"{verdict.entries} entries{span}, {state} ({how}{checked})")
+    return 0 if verdict.ok else 1
+
+
+def _audit_record(socket_path: str, event: str, fields: str) -> int:
     """One entry written for a playbook; the daemons' own events cannot be forged this way."""
-    from halfbridge.audit import AuditError, AuditLog
+    from halfbridge.audit import AuditClient, AuditError
 
     if not event.startswith("change.") or len(event) > 64:
         print(f"halfbridge-audit: record writes change.* events only, not {event!r}", file=sys.stderr)
@@ -229,7 +265,7 @@ def _audit_record(log: str, event: str, fields: str) -> int:
         values = json.loads(fields)
         if not isinstance(values, dict):
             raise ValueError("not a JSON object")
-        entry = AuditLog(log).append(event, **values)
+        entry = AuditClient(socket_path).append(event, **values)
     except ValueError as exc:
         print(f"halfbridge-audit: record: {exc}", file=sys.stderr)
         return 2
@@ -240,17 +276,37 @@ def _audit_record(log: str, event: str, fields: str) -> int:
     return 0
 
 
+def auditd_main(argv: list[str] | None = None) -> int:
+    """halfbridge-auditd CONFIG: the audit writer, the one process that appends to the audit log."""
+    import asyncio
+
+    from halfbridge.audit import AuditError
+    from halfbridge.auditd import AuditdConfig, serve
+
+    parser = argparse.ArgumentParser(prog="halfbridge-auditd", description=auditd_main.__doc__)
+    parser.add_argument("config", help="the JSON configuration (log, key_file, socket, rotation, checkpoints)")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    _logging(args.verbose)
+    try:
+        asyncio.run(serve(AuditdConfig.load(args.config)))
+    except (AuditError, OSError) as exc:
+        print(f"halfbridge-auditd: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def interconnect_main(argv: list[str] | None = None) -> int:
     """halfbridge-interconnect: suspend or restore the interconnect for an incident, record its notifications.
 
     Prints the state as JSON (times in UTC and in Paris time) for the incident playbooks' e-mails.
     """
-    from halfbridge.audit import AuditError, AuditLog
+    from halfbridge.audit import DEFAULT_SOCKET, AuditClient, AuditError
     from halfbridge.interconnect import DEFAULT_STATE, KINDS, Interconnect, InterconnectError
 
     parser = argparse.ArgumentParser(prog="halfbridge-interconnect", description=interconnect_main.__doc__)
     parser.add_argument("--state", default=str(DEFAULT_STATE), help=f"the state file (default {DEFAULT_STATE})")
-    parser.add_argument("--audit-log", default="/var/log/halfbridge/audit.log", help="where each step is recorded")
+    parser.add_argument("--audit-socket", default=str(DEFAULT_SOCKET), help="the audit writer, which records each step")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("status", help="open, or suspended since when and why")
     cut = sub.add_parser("suspend", help="record a cut for an incident (the firewall and the relay act on it)")
@@ -264,12 +320,20 @@ def interconnect_main(argv: list[str] | None = None) -> int:
     back = sub.add_parser("restore", help="record the end of a suspension (by the incident that cut)")
     back.add_argument("--incident", required=True)
     args = parser.parse_args(argv)
-    state = Interconnect(args.state, AuditLog(args.audit_log))
+    state = Interconnect(args.state, AuditClient(args.audit_socket))
     try:
         before = state.current()
         if args.command == "suspend":
             result = state.suspend(args.incident, args.reason, args.notify_hours).facts()
             result["changed"] = before is None
+            if state.unrecorded:
+                # The cut holds; the missing entry is the operator's to record by other means.
+                result["unrecorded"] = state.unrecorded
+                print(
+                    f"halfbridge-interconnect: THE INTERCONNECT IS CUT, BUT THE CUT IS NOT IN THE AUDIT LOG: "
+                    f"{state.unrecorded}. Record it by other means (incident register) and repair the audit writer.",
+                    file=sys.stderr,
+                )
         elif args.command == "notified":
             result = state.notified(args.incident, args.kind, args.to)
         elif args.command == "restore":

@@ -22,7 +22,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from halfbridge.audit import AuditError, AuditLog
+from halfbridge.audit import AuditClient, AuditError
 from halfbridge.config import load_dataclass
 
 log = logging.getLogger("halfbridge.crl")
@@ -40,13 +40,13 @@ class CrlConfig:
     anchors: Path  # the PP's trust anchors (PEM): every CRL must be signed by one
     crl_dir: Path  # NAME.crl (PEM), what the relay reads
     sources: list[dict] = field(default_factory=list)  # {"name": ..., "url": ...}
-    audit_log: Path | None = None
+    audit_socket: Path | None = None  # the audit writer (halfbridge-auditd)
     timeout: float = 20.0
     warn_hours: float = 48.0
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CrlConfig:
-        config = load_dataclass(cls, path, ("anchors", "crl_dir"), ("anchors", "crl_dir", "audit_log"))
+        config = load_dataclass(cls, path, ("anchors", "crl_dir"), ("anchors", "crl_dir", "audit_socket"))
         for source in config.sources:
             name = source.get("name") if isinstance(source, dict) else None
             url = str(source.get("url", "")) if name else ""
@@ -128,7 +128,7 @@ def fetch(url: str, timeout: float) -> bytes:
 def refresh(config: CrlConfig, now: dt.datetime | None = None) -> int:
     """Fetch, check and install every source; 0 when each CRL in force is current, 1 otherwise."""
     anchors = x509.load_pem_x509_certificates(config.anchors.read_bytes())
-    audit = AuditLog(config.audit_log) if config.audit_log else None
+    audit = AuditClient(config.audit_socket) if config.audit_socket else None
     failed = 0
     for source in config.sources:
         now_ = now or dt.datetime.now(dt.UTC)
@@ -197,7 +197,7 @@ def status(config: CrlConfig, now: dt.datetime | None = None, quiet: bool = Fals
     return 1 if bad else 0
 
 
-def _audit(audit: AuditLog | None, event: str, **fields) -> None:
+def _audit(audit: AuditClient | None, event: str, **fields) -> None:
     if audit is None:
         return
     try:

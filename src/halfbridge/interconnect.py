@@ -12,6 +12,10 @@ keeps that state in one small JSON file on the gateway, so that:
 - every step (cut, each e-mail sent, restoration) is an audit entry with its
   time, and a notification sent after the deadline says so.
 
+The cut never waits for the audit log: the state is saved first, then
+recorded. If the entry cannot be written the cut stays, and the failure is
+returned (`unrecorded`) for the operator to see and record by other means.
+
 A state file that cannot be read counts as suspended: the cut fails closed.
 """
 
@@ -25,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from halfbridge.audit import AuditLog
+from halfbridge.audit import AuditClient, AuditError
 from halfbridge.store import write_replacing
 
 DEFAULT_STATE = Path("/var/lib/halfbridge/interconnect.json")
@@ -102,9 +106,10 @@ class Suspension:
 class Interconnect:
     """The state file and the audit log it is recorded in."""
 
-    def __init__(self, state: str | os.PathLike = DEFAULT_STATE, audit: AuditLog | None = None) -> None:
+    def __init__(self, state: str | os.PathLike = DEFAULT_STATE, audit: AuditClient | None = None) -> None:
         self.path = Path(state)
         self.audit = audit
+        self.unrecorded: str | None = None  # why the last cut could not be recorded, if it could not
 
     def _read(self) -> dict | None:
         try:
@@ -167,15 +172,19 @@ class Interconnect:
             notify_by=_iso(now + dt.timedelta(hours=notify_hours)),
             notified={},
         )
-        # The entry first: a cut that cannot be recorded does not happen silently.
-        self._record(
-            "interconnect.suspended",
-            incident=incident,
-            reason=reason,
-            since=suspension.since,
-            notify_by=suspension.notify_by,
-        )
+        # The cut first: it never waits for the audit log. Then its entry; a cut that
+        # cannot be recorded stays cut, and says so loudly (`unrecorded`).
         self._save(suspension)
+        try:
+            self._record(
+                "interconnect.suspended",
+                incident=incident,
+                reason=reason,
+                since=suspension.since,
+                notify_by=suspension.notify_by,
+            )
+        except AuditError as exc:
+            self.unrecorded = str(exc)
         return suspension
 
     def notified(self, incident: str, kind: str, recipients: list[str], now: dt.datetime | None = None) -> dict:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from halfbridge import media
-from halfbridge.audit import AuditError, AuditLog
+from halfbridge.audit import AuditClient, AuditError
 from halfbridge.config import load_or_exit
 from halfbridge.live import LiveTap
 from halfbridge.store import Segment, Store, iso, segment_day, segment_time, utc
@@ -60,7 +60,7 @@ class RecorderConfig:
     stable_seconds: float = 60.0
     still_down_log_seconds: float = 600.0
     keep_audio: bool | None = None  # None: decided by probing the camera
-    audit_log: Path | None = None  # where outages and recoveries are recorded for auditors
+    audit_socket: Path | None = None  # the audit writer, which records outages and recoveries for auditors
     live_socket: Path | None = None  # where the relay's live flows connect (halfbridge.live); None: no live tap
 
     @classmethod
@@ -68,7 +68,7 @@ class RecorderConfig:
         """Read a camera's JSON configuration; a missing key or a bad value is a sentence."""
         required = ("camera", "url", "store_root", "state_dir")
         config = load_or_exit(
-            cls, "halfbridge-recorder", path, required, paths=("store_root", "state_dir", "audit_log", "live_socket")
+            cls, "halfbridge-recorder", path, required, paths=("store_root", "state_dir", "audit_socket", "live_socket")
         )
         if config.segment_seconds < 2 or config.watchdog_seconds <= 0 or config.backoff_cap < config.backoff_initial:
             raise SystemExit(
@@ -131,7 +131,7 @@ class Recorder:
         self.days_ensured = float("-inf")
         self.last_down_log = 0.0
         self.keep_audio = config.keep_audio
-        self.audit = AuditLog(config.audit_log) if config.audit_log else None
+        self.audit = AuditClient(config.audit_socket) if config.audit_socket else None
         self.audio_note = "unknown" if config.keep_audio is None else ("kept" if config.keep_audio else "not recorded")
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.status_path = config.state_dir / f"{config.camera}.status.json"

@@ -34,8 +34,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from halfbridge.audit import AuditError, AuditLog
+from halfbridge.audit import DEFAULT_SOCKET, AuditClient, AuditError, clean_text
 from halfbridge.config import load_or_exit
+from halfbridge.folding import Folder
 from halfbridge.interconnect import Interconnect, Suspension
 from halfbridge.metrics import exposition, family, gauge
 from halfbridge.quotad import AsyncQuotaClient, QuotaError
@@ -65,7 +66,6 @@ class RelayConfig:
     tls_client_ca: Path  # the PP's smartcard PKI: every CA a client chain may go through (PEM)
     store_root: Path
     quotad_socket: Path
-    audit_log: Path
     live_dir: Path  # the recorders' live sockets, CAMERA.sock (halfbridge.live)
     cameras: list[dict] = field(default_factory=list)  # id, name, site
     management_host: str = "127.0.0.1"
@@ -86,12 +86,19 @@ class RelayConfig:
     crl_dir: Path | None = None
     # A CRL that expires within this many hours is a warning in the log, and on /healthz.
     crl_warn_hours: float = 48.0
+    # The audit writer (halfbridge-auditd): no request is served, and no flow starts, unrecorded.
+    audit_socket: Path = DEFAULT_SOCKET
+    # Refused handshakes: per window, the first of each peer in full, the rest folded (halfbridge.folding).
+    handshake_fold_seconds: float = 60.0
+    handshake_full_per_peer: int = 5
+    handshake_full_total: int = 20
+    handshake_fold_peers: int = 64
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RelayConfig:
-        paths = ("tls_certificate", "tls_key", "tls_client_ca", "store_root", "quotad_socket", "audit_log")
+        paths = ("tls_certificate", "tls_key", "tls_client_ca", "store_root", "quotad_socket")
         required = ("listen_host", "listen_port", *paths, "live_dir")
-        paths += ("live_dir", "interconnect_state", "crl_dir")
+        paths += ("live_dir", "interconnect_state", "crl_dir", "audit_socket")
         config = load_or_exit(cls, "halfbridge-relay", path, required, paths)
         for camera in config.cameras:
             if not isinstance(camera, dict) or not CAMERA_ID_RE.match(str(camera.get("id"))):
@@ -100,12 +107,35 @@ class RelayConfig:
             values = getattr(config, key)
             if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
                 raise SystemExit(f"halfbridge-relay: {path}: {key} is a list of non-empty strings")
+        try:
+            config.folder()
+        except (TypeError, ValueError) as exc:
+            raise SystemExit(f"halfbridge-relay: {path}: handshake folding: {exc}") from None
         if not 1 <= config.retention_days <= 30 or config.max_range_seconds < 1 or config.renew_seconds <= 0:
             raise SystemExit(
                 f"halfbridge-relay: {path}: retention_days must be 1 to 30, "
                 "max_range_seconds and renew_seconds positive"
             )
         return config
+
+    def folder(self) -> Folder:
+        return Folder(
+            self.handshake_fold_seconds,
+            self.handshake_full_per_peer,
+            self.handshake_full_total,
+            self.handshake_fold_peers,
+        )
+
+
+def _unrecorded(exc: AuditError) -> Problem:
+    """The 503 of a request that cannot be recorded; the reason goes to the gateway's log, not to the client."""
+    log.error("relay: %s; the request is refused (503 audit-unavailable)", exc)
+    return Problem(
+        503,
+        "audit-unavailable",
+        "SYN's gateway cannot record this request in its authentication history right now, "
+        "so it serves nothing (article 6); try again later",
+    )
 
 
 class Problem(Exception):
@@ -174,7 +204,8 @@ class Relay:
     def __init__(self, config: RelayConfig) -> None:
         self.config = config
         self.store = Store(config.store_root)
-        self.audit = AuditLog(config.audit_log)
+        self.audit = AuditClient(config.audit_socket)
+        self.folder = config.folder()
         self.quota = AsyncQuotaClient(config.quotad_socket)
         self.cameras = {camera["id"]: camera for camera in config.cameras}
         self.designated = frozenset(config.designated_agents)
@@ -322,26 +353,27 @@ class Relay:
             )
         if first:
             fields = {"issuer": who.get("issuer", ""), "fingerprint": who.get("fingerprint", "")}
-            if refusal is None:
-                await self._audit_auth("auth.accepted", request, result="accepted", **fields)
-            else:
-                await self._audit_auth("auth.refused", request, result="refused", reason=refusal.detail, **fields)
+            try:
+                if refusal is None:
+                    await self._audit("auth.accepted", request, result="accepted", **fields)
+                else:
+                    await self._audit("auth.refused", request, result="refused", reason=refusal.detail, **fields)
+            except AuditError as exc:
+                # Article 6: no authentication goes unrecorded. The connection's next request tries again.
+                self.peers.pop(request.transport.get_extra_info("ssl_object"), None)
+                raise _unrecorded(exc) from None
         if refusal is not None:
             raise refusal
 
-    async def _audit_auth(self, event: str, request: web.Request, **fields) -> None:
-        try:
-            await self._audit(event, request, **fields)
-        except AuditError as exc:
-            log.error("%s", exc)
-
     async def _record(self, request: web.Request, status: int, **fields) -> None:
-        """The request's audit entry; a refusal that cannot be recorded is still refused (and logged)."""
-        self.metrics.requests[status] = self.metrics.requests.get(status, 0) + 1
+        """The request's audit entry. Nothing is served unrecorded: a success that cannot be recorded is a 503."""
         try:
             await self._audit("relay.request", request, status=status, **fields)
         except AuditError as exc:
-            log.error("%s", exc)
+            if status < 400:
+                raise _unrecorded(exc) from None
+            log.error("%s; the refusal (%d) is sent unrecorded", exc, status)  # nothing is served
+        self.metrics.requests[status] = self.metrics.requests.get(status, 0) + 1
 
     async def _audit(self, event: str, request: web.Request, **fields) -> None:
         who = request.get("who") or {}
@@ -524,7 +556,7 @@ class Relay:
             try:
                 await self._audit("flow.start", request, camera=camera["id"], mode=mode, lease=lease, **fields)
             except AuditError as exc:
-                raise Problem(503, "audit-unavailable", f"{exc}; no flow starts without its audit entry") from None
+                raise _unrecorded(exc) from None
             self.metrics.flows[mode] += 1
             async for chunk in source:
                 if response is None:
@@ -719,7 +751,25 @@ class Relay:
                     self._cut(self.open_flows.values(), self.trust_problems[0])
             else:
                 self.check_trust()
+            if self.folder.due():
+                await self._write_folded()
             await asyncio.sleep(period)
+
+    async def _write_folded(self) -> None:
+        """The refused handshakes of the window that ends, counted per peer: one entry each."""
+        for fields in self.folder.flush():
+            log.warning(
+                "relay: %d more TLS handshakes from %s refused in the last window (%s)",
+                fields["folded"],
+                fields["peer"],
+                ", ".join(f"{k}: {n}" for k, n in fields["reasons"].items()),
+            )
+            try:
+                await asyncio.to_thread(
+                    self.audit.append, "auth.refused.folded", result="refused", stage="handshake", **fields
+                )
+            except (AuditError, ValueError) as exc:
+                log.error("%s; %d refused handshakes of %s not recorded", exc, fields["folded"], fields["peer"])
 
     # -- the PP's smartcard PKI (article 6) ---------------------------------------
 
@@ -757,7 +807,10 @@ class Relay:
         if kind == "client-left" and not who:  # a port probe, not an authentication
             log.debug("relay: %s connected and left before any TLS handshake", peer)
             return
-        log.info("relay: TLS handshake from %s refused: %s%s", peer, reason, f" ({who['subject']})" if who else "")
+        if not self.folder.offer(peer, kind):
+            return  # counted, and written with the others of its window (auth.refused.folded)
+        subject = f" ({clean_text(who['subject'], 200)})" if who else ""
+        log.info("relay: TLS handshake from %s refused: %s%s", peer, clean_text(reason, 300), subject)
         try:
             await asyncio.to_thread(
                 self.audit.append,

@@ -57,7 +57,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from halfbridge.audit import AuditError, AuditLog, query
+from halfbridge.audit import DEFAULT_SOCKET, AuditClient, AuditError, query, with_rotations
 from halfbridge.config import ConfigError, load_dataclass
 from halfbridge.media import write_private
 from halfbridge.metrics import exposition, gauge
@@ -95,8 +95,9 @@ class RetentionError(RuntimeError):
 class RetentionConfig:
     store_root: Path
     retention_days: int
-    audit_log: Path
+    audit_log: Path  # read: a killed run's destruction may be registered already
     state_dir: Path
+    audit_socket: Path = DEFAULT_SOCKET  # the audit writer, which registers each destruction
     # A person's decision to keep fewer days than the convention (a full disk, a court order...).
     shortened_days: int | None = None
     shortened_reason: str = ""
@@ -110,7 +111,7 @@ class RetentionConfig:
         """Read the JSON configuration; a missing key or a bad value is a sentence."""
         required = ("store_root", "retention_days", "audit_log", "state_dir")
         try:
-            config = load_dataclass(cls, path, required, paths=("store_root", "audit_log", "state_dir"))
+            config = load_dataclass(cls, path, required, paths=("store_root", "audit_log", "state_dir", "audit_socket"))
         except ConfigError as exc:
             raise RetentionError(str(exc)) from None
         config.check(str(path))
@@ -217,7 +218,7 @@ class Retention:
         self.config = config
         self.clock = clock
         self.store = Store(config.store_root)
-        self.audit = AuditLog(config.audit_log)
+        self.audit = AuditClient(config.audit_socket)
 
     # -- a run -------------------------------------------------------------
 
@@ -434,8 +435,8 @@ class Retention:
         figures, gone = scanned or Destruction.scan(camera, day, data)
         registered = (
             resumed
-            and self.audit.path.is_file()
-            and any(query([self.audit.path], "retention.destroyed", match={"purge": purge}))
+            and self.config.audit_log.is_file()
+            and any(query(with_rotations(self.config.audit_log), "retention.destroyed", match={"purge": purge}))
         )
         if resumed:
             log.warning("camera %s, %s: finishing the destruction of %d segment(s) a run left", camera, day, len(gone))

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from halfbridge.audit import AuditLog, verify
+from halfbridge.audit import AuditClient
 from halfbridge.interconnect import Interconnect
 from halfbridge.quotad import QuotaClient
 from tests.support.relay import RelayLab
@@ -27,7 +27,7 @@ def lab(tmp_path, camera):
 
 
 def _state(lab: RelayLab) -> Interconnect:
-    return Interconnect(lab.workdir / "interconnect.json", AuditLog(lab.audit_log))
+    return Interconnect(lab.workdir / "interconnect.json", AuditClient(lab.auditd.socket))
 
 
 def _read_until_end(response, budget: float) -> float:
@@ -72,7 +72,7 @@ def test_a_suspension_ends_the_open_flow_and_refuses_new_requests_until_restored
     events = [e["event"] for e in lab.audit()]
     assert events.index("interconnect.suspended") < events.index("flow.end") < events.index("interconnect.restored")
     assert [e["status"] for e in lab.audit() if e["event"] == "relay.request"][:2] == [503, 503]
-    assert verify([lab.audit_log], f"{lab.audit_log}.head").ok  # relay and playbooks share one chain
+    assert lab.auditd.verify().ok  # relay and playbooks share one chain
 
 
 def test_a_damaged_state_file_keeps_the_interconnect_closed(lab):

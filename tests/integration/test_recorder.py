@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from halfbridge.audit import query, verify
+from halfbridge.audit import query
 from halfbridge.store import Store, segment_time, spans
+from tests.support.auditd import Auditd
 from tests.support.waiting import wait_for
 
 FRAME = 1 / 25  # the simulated cameras run at 25 fps
@@ -31,6 +32,7 @@ class RecorderProcess:
         self.config = tmp_path / "recorder.json"
         self.log = tmp_path / "recorder.log"
         self.camera = camera
+        self.auditd = Auditd(tmp_path).start()
         settings = {
             "camera": camera.id,
             "url": camera.url,
@@ -42,7 +44,7 @@ class RecorderProcess:
             "backoff_initial": 0.5,
             "backoff_cap": 2,
             "stable_seconds": 5,
-            "audit_log": str(tmp_path / "audit.log"),
+            "audit_socket": str(self.auditd.socket),
             **overrides,
         }
         self.config.write_text(json.dumps(settings))
@@ -86,6 +88,7 @@ def recorder(tmp_path, camera):
     rec = RecorderProcess(tmp_path, camera)
     yield rec
     rec.stop(signal.SIGKILL)
+    rec.auditd.stop()
 
 
 def packets(path: Path) -> list[tuple[float, float]]:
@@ -148,10 +151,10 @@ def test_a_camera_outage_is_a_gap_in_the_index_and_recording_resumes(recorder, c
     assert log.count("down since") == 1, log
     assert "recording again after" in log
     # The gap has its reason on file for an auditor, in a chain that verifies.
-    audit_log = recorder.store_root.parent / "audit.log"
-    events = [(e["event"], e["camera"]) for e in query([audit_log], event="recorder")]
+    auditd = recorder.auditd
+    events = [(e["event"], e["camera"]) for e in query(auditd.files(), event="recorder")]
     assert events == [("recorder.down", camera.id), ("recorder.up", camera.id)]
-    assert verify([audit_log], f"{audit_log}.head").ok
+    assert auditd.verify().ok
 
 
 def test_a_killed_recorder_loses_at_most_the_segment_in_flight(recorder):

@@ -14,7 +14,6 @@ import urllib.parse
 import pytest
 
 from halfbridge import ts
-from halfbridge.audit import verify
 from halfbridge.quotad import QuotaClient
 from halfbridge.store import SEGMENT_STRFTIME, Segment, Store, iso, utc
 from tests.support.relay import RelayLab
@@ -369,4 +368,4 @@ def test_cameras_flows_metrics_and_an_intact_audit_chain(lab, camera):
     finally:
         flow.close()
     assert lab.management("/healthz").json()["status"] == "pass"
-    assert verify([lab.audit_log], lab.audit_log.with_name("audit.log.head")).ok
+    assert lab.auditd.verify().ok

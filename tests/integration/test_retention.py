@@ -10,8 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from halfbridge.audit import query, verify
+from halfbridge.audit import query
 from halfbridge.store import INDEX_NAME, Segment
+from tests.support.auditd import Auditd
 from tests.support.store import build_store, files
 from tests.support.waiting import wait_for
 
@@ -21,7 +22,9 @@ RETENTION = str(Path(sys.executable).parent / "halfbridge-retention")
 
 def test_a_run_killed_midway_leaves_indexes_true_and_the_next_one_registers_everything_once(tmp_path):
     now = time.time()
-    root, audit = tmp_path / "recordings", tmp_path / "audit.log"
+    root = tmp_path / "recordings"
+    auditd = Auditd(tmp_path).spawn()
+    audit = auditd.log
     cameras = [f"cam-{n:02d}" for n in range(16)]
     # 16 cameras x 1440 one-minute segments a day, from 12 days ago: 2 days (46,080 files) have expired...
     expired = build_store(root, cameras, now - 12 * DAY, now - 10 * DAY - 120, 60, mtimes=False)
@@ -31,13 +34,19 @@ def test_a_run_killed_midway_leaves_indexes_true_and_the_next_one_registers_ever
     config = tmp_path / "retention.json"
     config.write_text(
         json.dumps(
-            {"store_root": str(root), "retention_days": 10, "audit_log": str(audit), "state_dir": str(tmp_path / "s")}
+            {
+                "store_root": str(root),
+                "retention_days": 10,
+                "audit_log": str(audit),
+                "state_dir": str(tmp_path / "s"),
+                "audit_socket": str(auditd.socket),
+            }
         )
     )
 
     # At the lowest priority, so that this test's polling catches it early whatever the machine's load.
     run = subprocess.Popen(["nice", "-n", "19", RETENTION, str(config)], stderr=subprocess.PIPE)
-    wait_for(lambda: audit.exists() and audit.stat().st_size > 0, 60, "the first register entry", interval=0.002)
+    wait_for(lambda: b"retention.destroyed" in audit.read_bytes(), 60, "the first register entry", interval=0.002)
     run.send_signal(signal.SIGKILL)
     run.wait(10)
     registered = sum(e["count"] for e in query([audit], event="retention.destroyed"))
@@ -58,7 +67,8 @@ def test_a_run_killed_midway_leaves_indexes_true_and_the_next_one_registers_ever
         for (camera, day), segments in kept.items()
         for segment in segments
     }
-    assert verify([audit], f"{audit}.head").ok
+    auditd.stop()
+    assert auditd.verify().ok
     assert os.listdir(root) == [] or sorted(os.listdir(root)) == cameras
 
 

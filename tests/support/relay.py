@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.auditd import Auditd
 from tests.support.camera import free_port, wait_listening
 from tests.support.pki import TestCA
 
@@ -42,7 +43,8 @@ class RelayLab:
         self.port, self.management_port = free_port(), free_port()
         self.store = workdir / "store"
         self.store.mkdir(exist_ok=True)
-        self.audit_log = workdir / "audit.log"
+        self.auditd = Auditd(workdir, checkpoint_seconds=2)
+        self.audit_log = self.auditd.log
         self.socket = workdir / "quotad.sock"
         self.quotad_config = workdir / "quotad.json"
         self.quotad_config.write_text(json.dumps({"socket": str(self.socket), "limit": limit, "ttl": ttl}))
@@ -59,7 +61,7 @@ class RelayLab:
                     "tls_client_ca": str(self.ca.path),
                     "store_root": str(self.store),
                     "quotad_socket": str(self.socket),
-                    "audit_log": str(self.audit_log),
+                    "audit_socket": str(self.auditd.socket),
                     "live_dir": str(workdir / "live"),
                     "cameras": cameras,
                     "renew_seconds": 1,
@@ -96,6 +98,7 @@ class RelayLab:
         wait_listening(self.port, self.relay, "the relay", log=log)
 
     def start(self) -> RelayLab:
+        self.auditd.spawn()
         self.start_quotad()
         self.start_relay()
         return self
@@ -108,7 +111,7 @@ class RelayLab:
             json.dumps(
                 {"camera": camera.id, "url": camera.url, "store_root": str(self.store),
                  "state_dir": str(self.workdir / "recorder"), "segment_seconds": 10, "live_socket": str(live),
-                 "rtsp_timeout": 3, "watchdog_seconds": 5}
+                 "rtsp_timeout": 3, "watchdog_seconds": 5, "audit_socket": str(self.auditd.socket)}
             )
         )  # fmt: skip
         log = self.workdir / f"{camera.id}.recorder.log"
@@ -136,6 +139,7 @@ class RelayLab:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+        self.auditd.stop()
 
     # -- a PP client ---------------------------------------------------------
 
@@ -170,6 +174,5 @@ class RelayLab:
         return Answer(response.status, dict(response.headers), response.read())
 
     def audit(self) -> list[dict]:
-        if not self.audit_log.exists():
-            return []
-        return [json.loads(line) for line in self.audit_log.read_text().splitlines()]
+        """What the daemons recorded (the writer's own entries left out)."""
+        return self.auditd.events() if self.audit_log.exists() else []

@@ -32,6 +32,6 @@ def test_a_bad_recorder_configuration_stops_it_with_a_sentence(tmp_path, content
 
 def test_a_good_one_gives_paths(tmp_path):
     path = tmp_path / "camera.json"
-    path.write_text(json.dumps({**GOOD, "audit_log": "/var/log/halfbridge/audit.log"}))
+    path.write_text(json.dumps({**GOOD, "audit_socket": "/run/halfbridge-audit/audit.sock"}))
     config = RecorderConfig.load(path)
-    assert config.store_root == Path("/srv/r") and config.audit_log == Path("/var/log/halfbridge/audit.log")
+    assert config.store_root == Path("/srv/r") and config.audit_socket == Path("/run/halfbridge-audit/audit.sock")

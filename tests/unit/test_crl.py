@@ -14,6 +14,7 @@ from cryptography import x509
 
 from halfbridge import crl
 from halfbridge.cli import crl_main
+from tests.support.auditd import Auditd
 from tests.support.pki import TestCA
 
 
@@ -32,7 +33,13 @@ def point(tmp_path):
 
 
 @pytest.fixture
-def setup(tmp_path, point):
+def auditd(tmp_path):
+    with Auditd(tmp_path) as writer:
+        yield writer
+
+
+@pytest.fixture
+def setup(tmp_path, point, auditd):
     published, url = point
     ca = TestCA(tmp_path)
     installed = tmp_path / "crl"
@@ -44,16 +51,16 @@ def setup(tmp_path, point):
                 "anchors": str(ca.path),
                 "crl_dir": str(installed),
                 "sources": [{"name": "test-ca", "url": f"{url}/test-ca.crl"}],
-                "audit_log": str(tmp_path / "audit.log"),
+                "audit_socket": str(auditd.socket),
                 "timeout": 5,
             }
         )
     )
-    return ca, published, installed / "test-ca.crl", config_path, tmp_path / "audit.log"
+    return ca, published, installed / "test-ca.crl", config_path, auditd
 
 
-def events(audit_log) -> list[dict]:
-    return [json.loads(line) for line in audit_log.read_text().splitlines()] if audit_log.exists() else []
+def events(auditd: Auditd) -> list[dict]:
+    return auditd.events()
 
 
 def test_a_published_crl_is_installed_once_and_left_alone_when_unchanged(setup):

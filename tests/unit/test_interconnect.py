@@ -7,20 +7,27 @@ import json
 
 import pytest
 
-from halfbridge.audit import AuditLog, verify
+from halfbridge.audit import AuditClient
 from halfbridge.cli import interconnect_main
 from halfbridge.interconnect import Interconnect, InterconnectError, paris
+from tests.support.auditd import Auditd
 
 T0 = dt.datetime(2026, 11, 29, 17, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture
-def state(tmp_path):
-    return Interconnect(tmp_path / "interconnect.json", AuditLog(tmp_path / "audit.log"))
+def auditd(tmp_path):
+    with Auditd(tmp_path) as writer:
+        yield writer
+
+
+@pytest.fixture
+def state(tmp_path, auditd):
+    return Interconnect(tmp_path / "interconnect.json", AuditClient(auditd.socket))
 
 
 def events(state):
-    return [json.loads(line) for line in state.audit.path.read_text().splitlines()]
+    return [e for e in Auditd(state.path.parent).entries() if not e["event"].startswith("audit.")]
 
 
 def test_a_suspension_records_its_deadline_eight_hours_on(state):
@@ -85,7 +92,7 @@ def test_only_the_incident_that_cut_restores(state):
         "interconnect.restored",
         "interconnect.notified",
     ]
-    assert verify([state.audit.path], f"{state.audit.path}.head").ok
+    assert Auditd(state.path.parent).verify().ok
 
 
 def test_restoring_an_open_interconnect_is_refused(state):
@@ -106,8 +113,8 @@ def test_paris_time_follows_summer_time():
     assert paris(dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)) == "01/12/2026 à 13:00:00 (heure de Paris)"
 
 
-def test_the_command_prints_the_state_and_refuses_with_a_sentence(tmp_path, capsys):
-    base = ["--state", str(tmp_path / "s.json"), "--audit-log", str(tmp_path / "a.log")]
+def test_the_command_prints_the_state_and_refuses_with_a_sentence(tmp_path, capsys, auditd):
+    base = ["--state", str(tmp_path / "s.json"), "--audit-socket", str(auditd.socket)]
     assert interconnect_main([*base, "suspend", "--incident", "INC-9", "--reason", "panne"]) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["incident"] == "INC-9" and first["changed"] is True
@@ -123,3 +130,13 @@ def test_the_command_prints_the_state_and_refuses_with_a_sentence(tmp_path, caps
     assert json.loads(capsys.readouterr().out)["changed"] is True
     assert interconnect_main([*base, "restore", "--incident", "INC-9"]) == 0
     assert json.loads(capsys.readouterr().out)["changed"] is False
+
+
+def test_a_cut_happens_even_when_the_audit_writer_is_down_and_says_so(tmp_path, auditd, capsys):
+    auditd.stop()
+    base = ["--state", str(tmp_path / "s.json"), "--audit-socket", str(auditd.socket)]
+    assert interconnect_main([*base, "suspend", "--incident", "INC-7", "--reason", "intrusion"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["unrecorded"].startswith("the audit writer cannot be reached")
+    assert "THE INTERCONNECT IS CUT, BUT THE CUT IS NOT IN THE AUDIT LOG" in err
+    assert Interconnect(tmp_path / "s.json").current().incident == "INC-7"

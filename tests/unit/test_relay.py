@@ -37,7 +37,7 @@ def test_malformed_or_zoneless_times_are_a_400_with_the_reason(text, sentence):
 def _config(tmp_path, **changes) -> str:
     values = {
         "listen_host": "127.0.0.1", "listen_port": 8443, "tls_certificate": "/c", "tls_key": "/k",
-        "tls_client_ca": "/ca", "store_root": "/s", "quotad_socket": "/q", "audit_log": "/a", "live_dir": "/r",
+        "tls_client_ca": "/ca", "store_root": "/s", "quotad_socket": "/q", "live_dir": "/r",
         "cameras": [{"id": "ver-gare-01"}],
     }  # fmt: skip
     values.update(changes)

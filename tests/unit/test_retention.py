@@ -14,7 +14,7 @@ import time
 import pytest
 
 from halfbridge import retention as retention_module
-from halfbridge.audit import AuditLog, query, verify
+from halfbridge.audit import AuditClient, query
 from halfbridge.cli import retention_main
 from halfbridge.retention import (
     JOURNAL_NAME,
@@ -26,6 +26,7 @@ from halfbridge.retention import (
     journal_id,
 )
 from halfbridge.store import Segment, Store
+from tests.support.auditd import Auditd
 from tests.support.store import build_store, files
 
 NOW = dt.datetime(2026, 11, 29, 9, 30, tzinfo=dt.UTC).timestamp()
@@ -34,11 +35,19 @@ HOUR = 3600
 CAMERAS = ["ver-gare-01", "sqy-mairie-03"]
 
 
+@pytest.fixture(autouse=True)
+def auditd(tmp_path):
+    """The audit writer every run registers its destructions with."""
+    with Auditd(tmp_path) as writer:
+        yield writer
+
+
 def config(tmp_path, **overrides) -> RetentionConfig:
     values = {
         "store_root": tmp_path / "recordings",
         "retention_days": 10,
-        "audit_log": tmp_path / "audit.log",
+        "audit_log": tmp_path / "log" / "audit.log",
+        "audit_socket": tmp_path / "audit.sock",
         "state_dir": tmp_path / "state",
         "disk_margin_hours": 0,
     }
@@ -51,7 +60,7 @@ def retention(tmp_path, now: float = NOW, **overrides) -> Retention:
 
 
 def register(tmp_path) -> list[dict]:
-    log = tmp_path / "audit.log"
+    log = tmp_path / "log" / "audit.log"
     return list(query([log], event="retention.destroyed")) if log.is_file() else []
 
 
@@ -82,7 +91,6 @@ def test_everything_that_ended_before_the_cutoff_goes_and_nothing_younger(tmp_pa
     assert entry["first"] == "2026-11-17T09:30:00.000Z"
     assert entry["last"] == "2026-11-17T23:40:00.000Z"
     assert entry["retention_days"] == 10
-    assert verify([tmp_path / "audit.log"], tmp_path / "audit.log.head").ok
 
 
 def test_the_register_figures_come_from_whole_lines_only():
@@ -179,7 +187,7 @@ def test_a_run_killed_midway_is_finished_and_registered_once(tmp_path, twelve_da
         for segment in built[: len(built) // 2] if killed_after == "half of the files" else built:
             (directory / segment.name).unlink()
     if "register entry" in done:
-        AuditLog(tmp_path / "audit.log").append(
+        AuditClient(tmp_path / "audit.sock").append(
             "retention.destroyed",
             camera=camera,
             day=day.isoformat(),
@@ -197,15 +205,15 @@ def test_a_run_killed_midway_is_finished_and_registered_once(tmp_path, twelve_da
     assert sum(e["count"] for e in register(tmp_path)) == expired
 
 
-def test_without_an_audit_log_nothing_is_destroyed_unregistered(tmp_path, twelve_days):
-    (tmp_path / "audit.log").mkdir()  # cannot be opened for writing
+def test_without_the_audit_writer_nothing_is_destroyed_unregistered(tmp_path, twelve_days, auditd):
+    auditd.stop()  # the writer is down: nothing can be registered
     with pytest.raises(RetentionError, match="not registered yet"):
         retention(tmp_path).run()
     # Each camera being purged (PARALLEL_CAMERAS at a time) stops at its first day, whose journal stays.
     journals = list((tmp_path / "recordings").rglob(JOURNAL_NAME))
     assert 1 <= len(journals) <= PARALLEL_CAMERAS
     assert len({j.parts[-5] for j in journals}) == len(journals), "one stopped camera-day per camera"
-    (tmp_path / "audit.log").rmdir()
+    auditd.start()
     retention(tmp_path).run()
     assert not list((tmp_path / "recordings").rglob(JOURNAL_NAME))
     entries = register(tmp_path)

@@ -5,12 +5,17 @@ interconnect with the baseline recorded on the gateway at the last deployment.
 With `record: false` (the check, first in site.yml) it fails, before anything
 is touched, when they differ and no major change of the register covers the
 difference. With `record: true` (last in site.yml) it writes the new baseline.
+
+No baseline passes only on a new gateway: one that already carries the
+half-gateway's audit log (`deployed_paths`) lost its baseline, and is refused
+unless `first_deployment`, which is then written to the audit log.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -35,6 +40,17 @@ options:
   notice_days: {description: Calendar days of notice (article 8)., type: int, default: 30}
   today: {description: The day to check for (YYYY-MM-DD); empty is today in Paris., type: str, default: ""}
   emergency: {description: An incident reference that lets an unnotified change through., type: str, default: ""}
+  deployed_paths:
+    description:
+      - Paths on the host any one of which says the half-gateway was deployed there (its audit log).
+        Without a baseline, such a gateway is refused unless O(first_deployment).
+    type: list
+    elements: path
+    default: []
+  first_deployment:
+    description: Let a gateway that carries O(deployed_paths) but no baseline through; written to the audit log.
+    type: bool
+    default: false
   audit_command: {description: halfbridge-audit on the host, to record an emergency., type: path}
   audit_user: {description: The user that writes the audit log., type: str, default: halfbridge}
   audit_log: {description: The audit log on the host (notices sent by change-notice.yml)., type: path}
@@ -45,6 +61,11 @@ options:
 
 PARIS = ZoneInfo("Europe/Paris")
 INCIDENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _bool(value: object) -> bool:
+    """A boolean argument, as -e gives it (a string) or a variable does."""
+    return str(value).strip().lower() in ("1", "true", "yes", "on") if isinstance(value, str) else bool(value)
 
 
 def paris_today(now: dt.datetime | None = None) -> dt.date:
@@ -119,6 +140,7 @@ class ActionModule(ActionBase):
         (
             *("fingerprint", "baseline", "changes", "notice_days", "today"),
             *("emergency", "audit_command", "audit_user", "audit_log", "record", "preview", "change"),
+            *("deployed_paths", "first_deployment"),
         )
     )
 
@@ -147,8 +169,7 @@ class ActionModule(ActionBase):
             sent = self._sent_notices(task_vars)
             return self._preview(result, str(args.get("change") or ""), sent, notice_days, today)
         if baseline is None:
-            result["msg"] = "No baseline yet: this first deployment sets what the PP sees."
-            return result
+            return self._no_baseline(result, str(args["baseline"]), fingerprint, task_vars)
         if not diff:
             result["msg"] = "Nothing the PP sees of the interconnect changes."
             return result
@@ -207,7 +228,8 @@ class ActionModule(ActionBase):
             return {}
         answer = self._execute_module(
             "ansible.builtin.command",
-            {"argv": [command, "query", str(log), "--event", "change.notified"]},
+            # The writer rotates the log weekly: a notice sent 30 days ago is in a rotation.
+            {"argv": [command, "query", str(log), "--with-rotations", "--event", "change.notified"]},
             task_vars=task_vars,
         )
         if answer.get("rc") == 2 and "no such file" in str(answer.get("stderr")):
@@ -264,24 +286,73 @@ class ActionModule(ActionBase):
         result["msg"] = "The baseline now says what this deployment put in place."
         return result
 
-    def _emergency(self, result, incident, diff, task_vars):
-        if not INCIDENT_RE.match(incident):
-            raise AnsibleActionFail(f"{incident!r} is not an incident reference (letters, digits, '.', '_', '-')")
+    def _no_baseline(self, result, path, fingerprint, task_vars):
+        """A new gateway sets its first baseline; one that already carries the half-gateway must not lose it."""
+        found = self._deployed(task_vars)
+        if found is None:
+            result["msg"] = "No baseline yet: this first deployment sets what the PP sees."
+            return result
+        host = task_vars.get("inventory_hostname", "this gateway")
+        if not _bool(self._task.args.get("first_deployment")):
+            raise AnsibleActionFail(
+                f"{host} has no baseline ({path}) but already carries the half-gateway ({found} exists): the change "
+                "window cannot tell what the PP sees today, so nothing goes through. If the gateway was rebuilt or "
+                "lost its records, put them back first: ansible-playbook playbooks/restore-records.yml "
+                f"--limit {host} -e records=<halfbridge_records_backup_dir>/{host}/<UTC time> (docs/records.md). "
+                "If this really is its first deployment (an earlier one stopped before its end), rerun with "
+                "-e change_window_first_deployment=true, which is written to the audit log. Nothing was changed."
+            )
+        result["first_deployment"] = True
+        result["msg"] = (
+            f"First deployment declared on {host}, which carries the half-gateway ({found}) but no baseline; "
+            "recorded in the audit log: this deployment sets what the PP sees."
+        )
+        fields = {
+            "baseline": path,
+            "found": found,
+            "fingerprint_sha256": hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest(),
+        }
+        return self._audit(result, "change.first_deployment", fields, "the first deployment", task_vars)
+
+    def _deployed(self, task_vars) -> str | None:
+        """The first of `deployed_paths` that exists on the host, if any."""
+        for path in self._task.args.get("deployed_paths") or []:
+            answer = self._execute_module(
+                "ansible.builtin.stat", {"path": str(path), "get_checksum": False}, task_vars=task_vars
+            )
+            if answer.get("failed"):
+                raise AnsibleActionFail(f"cannot look for {path}: {answer.get('msg')}")
+            if answer.get("stat", {}).get("exists"):
+                return str(path)
+        return None
+
+    def _audit(self, result, event, fields, what, task_vars):
+        """Write `event` to the audit log through halfbridge-audit record; if it cannot be, nothing goes through."""
         command, user = self._task.args.get("audit_command"), str(self._task.args.get("audit_user") or "halfbridge")
         if not command:
-            raise AnsibleActionFail("an emergency change is recorded in the audit log: audit_command is needed")
-        result["emergency"] = incident
-        result["msg"] = f"Emergency change under incident {incident}, recorded in the audit log: {summary(diff)}."
+            raise AnsibleActionFail(f"{what} is recorded in the audit log: audit_command is needed")
         if self._play_context.check_mode:
             return result
-        fields = json.dumps({"incident": incident, "changes": diff}, ensure_ascii=False, default=str)
         answer = self._execute_module(
             "ansible.builtin.command",
-            {"argv": ["runuser", "-u", user, "--", command, "record", "change.emergency", "--fields", fields]},
+            {
+                "argv": [
+                    *("runuser", "-u", user, "--", command, "record", event),
+                    *("--fields", json.dumps(fields, ensure_ascii=False, default=str)),
+                ]
+            },
             task_vars=task_vars,
         )
         if answer.get("rc", 1) != 0:
             why = answer.get("stderr") or answer.get("msg")
-            raise AnsibleActionFail(f"the emergency could not be written to the audit log ({why}); nothing changed")
+            raise AnsibleActionFail(f"{what} could not be written to the audit log ({why}); nothing changed")
         result["changed"] = True
         return result
+
+    def _emergency(self, result, incident, diff, task_vars):
+        if not INCIDENT_RE.match(incident):
+            raise AnsibleActionFail(f"{incident!r} is not an incident reference (letters, digits, '.', '_', '-')")
+        result["emergency"] = incident
+        result["msg"] = f"Emergency change under incident {incident}, recorded in the audit log: {summary(diff)}."
+        fields = {"incident": incident, "changes": diff}
+        return self._audit(result, "change.emergency", fields, "the emergency", task_vars)

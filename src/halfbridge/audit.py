@@ -35,6 +35,7 @@ import json
 import os
 import re
 import socket
+import threading
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -73,6 +74,8 @@ def _escape(char: str) -> str:
 
 def clean_text(value: str, limit: int = MAX_TEXT) -> str:
     """Control, format and separator characters escaped (`\\x1b`), lone surrogates too; at most `limit` characters."""
+    if value.isascii() and value.isprintable():  # the usual case, without a look at each character
+        return value if len(value) <= limit else value[: limit - 1] + "…"
     out = []
     for char in value:
         category = unicodedata.category(char)
@@ -87,16 +90,23 @@ def clean_text(value: str, limit: int = MAX_TEXT) -> str:
 
 def clean(value, limit: int = MAX_TEXT, depth: int = 0):
     """A value as it may go into an entry: bounded text, numbers, booleans, null, and bounded lists and objects."""
-    if value is None or isinstance(value, bool | int):
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
-            return clean_text(str(value), limit)
-        return value
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else str(value)
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is str:
+        if len(value) <= limit and value.isascii() and value.isprintable():
+            return value  # the usual case, first and cheapest
         return clean_text(value, limit)
+    if value is None or kind is bool:
+        return value
+    if kind is int:
+        return value if -(2**63) < value < 2**63 else clean_text(str(value), limit)
+    if kind is float:
+        return value if value == value and abs(value) != float("inf") else str(value)
     if isinstance(value, bytes):
         return clean_text(value.decode("utf-8", "backslashreplace"), limit)
+    if isinstance(value, str):  # a subclass (an enum's value...): its plain text
+        return clean_text(str(value), limit)
+    if isinstance(value, int | float):
+        return clean(float(value) if isinstance(value, float) else int(value), limit, depth)
     if depth >= MAX_DEPTH:
         return clean_text(json.dumps(value, default=str, ensure_ascii=False)[: limit * 4], limit)
     if isinstance(value, dict):
@@ -114,10 +124,18 @@ def clean(value, limit: int = MAX_TEXT, depth: int = 0):
     return clean_text(str(value), limit)
 
 
+_KEYS: dict[str, str] = {}  # field names already cleaned: the same few come again and again
+
+
 def clean_key(key) -> str:
     """A field name: letters, digits, `_.-`, at most 64 characters."""
-    text = _KEY_RE.sub("_", str(key))[:MAX_KEY]
-    return text or "_"
+    known = _KEYS.get(key) if type(key) is str else None
+    if known is not None:
+        return known
+    text = _KEY_RE.sub("_", str(key))[:MAX_KEY] or "_"
+    if type(key) is str and len(_KEYS) < 4096:
+        _KEYS[key] = text
+    return text
 
 
 def check_event(event) -> str:
@@ -210,11 +228,17 @@ def now_iso() -> str:
 
 
 class AuditClient:
-    """Send entries to the audit writer (`halfbridge-auditd`) over its Unix socket."""
+    """Send entries to the audit writer (`halfbridge-auditd`) over its Unix socket.
+
+    Safe from several threads at once: each append takes an idle connection (or opens one), and
+    gives it back after the writer's answer; the writer closes connections idle for a minute.
+    """
 
     def __init__(self, socket_path: str | os.PathLike = DEFAULT_SOCKET, timeout: float = 10.0) -> None:
         self.socket_path = str(socket_path)
         self.timeout = timeout
+        self._idle: list[socket.socket] = []
+        self._lock = threading.Lock()
 
     def append(self, event: str, **fields) -> dict:
         """Record one event; returns the entry as written. Raises AuditError if it was not written."""
@@ -226,11 +250,7 @@ class AuditClient:
                 break
             request = json.dumps({"event": event, "fields": clean(bounded_fields(fields), limit)}).encode()
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(self.timeout)
-                sock.connect(self.socket_path)
-                sock.sendall(request + b"\n")
-                answer = _read_line(sock)
+            answer = self._exchange(request + b"\n")
         except OSError as exc:
             raise AuditError(
                 f"the audit writer cannot be reached at {self.socket_path} ({exc.strerror or exc}): "
@@ -246,6 +266,44 @@ class AuditClient:
                 raise ValueError(f"the audit writer refused the entry: {error}")
             raise AuditError(f"the audit writer could not write the entry: {error}")
         return reply["entry"]
+
+    def _exchange(self, request: bytes) -> bytes:
+        """One request and its answer; a kept connection the writer has closed meanwhile is replaced once."""
+        with self._lock:
+            kept = self._idle.pop() if self._idle else None
+        if kept is not None:
+            try:
+                kept.sendall(request)
+                answer = _read_line(kept)
+            except OSError:
+                kept.close()  # closed by the writer (idle, or restarted): a fresh connection below
+            else:
+                self._give_back(kept)
+                return answer
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+            sock.sendall(request)
+            answer = _read_line(sock)
+        except OSError:
+            sock.close()
+            raise
+        self._give_back(sock)
+        return answer
+
+    def _give_back(self, sock: socket.socket) -> None:
+        with self._lock:
+            if len(self._idle) < 8:
+                self._idle.append(sock)
+                return
+        sock.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for sock in idle:
+            sock.close()
 
 
 def _read_line(sock: socket.socket) -> bytes:

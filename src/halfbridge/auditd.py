@@ -74,7 +74,7 @@ class AuditdConfig:
     keep_days: float = 365
     compress_after_days: float = 1
     checkpoint_seconds: float = 60
-    max_clients: int = 256
+    max_clients: int = 1024
     socket_mode: int = 0o660
 
     @classmethod
@@ -291,12 +291,11 @@ class Writer:
         return rotated
 
     def housekeeping(self, now: float | None = None) -> None:
-        """Compress rotated files older than a day; remove, and record, those older than the history kept."""
-        now = now or time.time()
-        with self.lock:
-            self._housekeeping(now)
+        """Compress rotated files older than a day; remove, and record, those older than the history kept.
 
-    def _housekeeping(self, now: float) -> None:
+        Compression touches rotated files only, so it runs without the lock: appends go on meanwhile.
+        """
+        now = now or time.time()
         for path in sorted(self.path.parent.glob(f"{ROTATED_PREFIX}*")):
             try:
                 age = now - path.stat().st_mtime
@@ -304,8 +303,10 @@ class Writer:
                 continue
             if age > self.config.keep_days * 86400:
                 size = path.stat().st_size
-                path.unlink()
-                self.append_own("audit.expired", {"file": path.name, "bytes": size, "keep_days": self.config.keep_days})
+                with self.lock:
+                    path.unlink()
+                    fields = {"file": path.name, "bytes": size, "keep_days": self.config.keep_days}
+                    self.append_own("audit.expired", fields)
                 log.info("audit history older than %s days removed: %s", self.config.keep_days, path.name)
             elif age > self.config.compress_after_days * 86400 and path.suffix in (".log", ".checkpoints"):
                 _compress(path)
@@ -331,16 +332,17 @@ class Server:
     def __init__(self, config: AuditdConfig, writer: Writer) -> None:
         self.config = config
         self.writer = writer
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.pending: list[tuple[str, dict, str, asyncio.Future]] = []
         self.clients = 0
         self.written = 0
-        self._pending: list[asyncio.Future] = []
+        self.streams: set[asyncio.StreamWriter] = set()
 
     async def handle(self, reader: asyncio.StreamReader, stream: asyncio.StreamWriter) -> None:
         if self.clients >= self.config.max_clients:
             stream.close()
             return
         self.clients += 1
+        self.streams.add(stream)
         source = _peer_name(stream.get_extra_info("socket"))
         try:
             while True:
@@ -357,6 +359,7 @@ class Server:
             return
         finally:
             self.clients -= 1
+            self.streams.discard(stream)
             stream.close()
 
     async def submit(self, raw: bytes, source: str) -> dict:
@@ -370,33 +373,47 @@ class Server:
             fields = bounded_fields(request.get("fields") or {})
         except (ValueError, TypeError) as exc:
             return {"ok": False, "refused": True, "error": str(exc)[:300]}
-        done = asyncio.get_running_loop().create_future()
-        await self.queue.put((event, fields, source, done))
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        if not self.pending:
+            loop.call_soon(self.flush)  # once every request read in this turn of the loop is pending
+        self.pending.append((event, fields, source, done))
         result = await done
         if isinstance(result, Exception):
             return {"ok": False, "refused": isinstance(result, ValueError), "error": str(result)[:300]}
         self.written += 1
         return {"ok": True, "entry": result}
 
-    async def drain(self) -> None:
-        """Write what is queued, in batches, on the writer's thread; acknowledge each entry once it is on disk."""
-        while True:
-            batch = [await self.queue.get()]
-            while not self.queue.empty() and len(batch) < 512:
-                batch.append(self.queue.get_nowait())
-            requests = [(event, fields, source) for event, fields, source, _ in batch]
-            try:
-                results = await asyncio.to_thread(self.writer.append_batch, requests)
-            except Exception as exc:  # a rotation that failed: every entry of the batch is refused, loudly
-                log.exception("audit writer")
-                results = [AuditError(f"the audit log cannot be written: {exc}")] * len(batch)
-            for (*_, done), result in zip(batch, results, strict=True):
-                if not done.done():
-                    done.set_result(result)
+    def flush(self) -> None:
+        """Write every pending entry with one write and one fsync, in the loop's thread (no hand-off to
+        another thread: the entries that arrive meanwhile wait in their sockets and make the next batch);
+        acknowledge each once it is on disk."""
+        batch, self.pending = self.pending, []
+        requests = [(event, fields, source) for event, fields, source, _ in batch]
+        try:
+            results = self.writer.append_batch(requests)
+        except Exception as exc:  # a rotation that failed: every entry of the batch is refused, loudly
+            log.exception("audit writer")
+            results = [AuditError(f"the audit log cannot be written: {exc}")] * len(batch)
+        for (*_, done), result in zip(batch, results, strict=True):
+            if not done.done():
+                done.set_result(result)
 
-    def rotate_soon(self, why: str) -> None:
-        """Rotate on the writer's thread, between batches (SIGHUP)."""
-        self._pending.append(asyncio.ensure_future(asyncio.to_thread(self.writer.rotate, why)))
+    async def settle(self) -> None:
+        """Acknowledge what was received, then close the connections."""
+        if self.pending:
+            self.flush()
+        await asyncio.sleep(0)
+        for stream in list(self.streams):
+            stream.close()
+        await asyncio.sleep(0)
+
+    def rotate_now(self, why: str) -> None:
+        """Rotate between two batches (SIGHUP)."""
+        try:
+            self.writer.rotate(why)
+        except OSError as exc:
+            log.error("audit writer: the rotation asked for failed: %s", exc)
 
     async def tick(self) -> None:
         while True:
@@ -432,14 +449,14 @@ async def serve(config: AuditdConfig, ready: asyncio.Event | None = None, stop: 
         config.socket.unlink()
     unix = await asyncio.start_unix_server(server.handle, path=str(config.socket), limit=MAX_REQUEST)
     config.socket.chmod(config.socket_mode)
-    tasks = [asyncio.create_task(server.drain()), asyncio.create_task(server.tick())]
+    tasks = [asyncio.create_task(server.tick())]
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
             loop.add_signal_handler(sig, stop.set)
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
-        loop.add_signal_handler(signal.SIGHUP, lambda: server.rotate_soon("SIGHUP"))
+        loop.add_signal_handler(signal.SIGHUP, lambda: server.rotate_now("SIGHUP"))
     log.info("audit writer: %s from seq %d, listening on %s", config.log, writer.seq, config.socket)
     if ready is not None:
         ready.set()
@@ -447,8 +464,7 @@ async def serve(config: AuditdConfig, ready: asyncio.Event | None = None, stop: 
         await stop.wait()
     finally:
         unix.close()
-        while not server.queue.empty():
-            await asyncio.sleep(0.01)
+        await server.settle()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

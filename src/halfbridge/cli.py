@@ -278,7 +278,8 @@ def _audit_record(socket_path: str, event: str, fields: str) -> int:
 
 def auditd_main(argv: list[str] | None = None) -> int:
     """halfbridge-auditd CONFIG: the audit writer, the one process that appends to the audit log."""
-    import asyncio
+
+    import uvloop
 
     from halfbridge.audit import AuditError
     from halfbridge.auditd import AuditdConfig, serve
@@ -289,7 +290,7 @@ def auditd_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _logging(args.verbose)
     try:
-        asyncio.run(serve(AuditdConfig.load(args.config)))
+        uvloop.run(serve(AuditdConfig.load(args.config)))
     except (AuditError, OSError) as exc:
         print(f"halfbridge-auditd: {exc}", file=sys.stderr)
         return 1

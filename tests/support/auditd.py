@@ -85,6 +85,7 @@ class Auditd:
         return self
 
     def stop(self) -> None:
+        self.client.close()
         if self._loop is not None and self._stop is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(20)

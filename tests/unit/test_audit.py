@@ -329,3 +329,36 @@ def test_cli_query_csv(auditd, capsys):
 def test_cli_rejects_a_malformed_date(auditd, capsys):
     assert audit_main(["query", str(auditd.log), "--since", "29/11/2026"]) == 2
     assert "not a date" in capsys.readouterr().err
+
+
+def test_a_client_goes_on_after_the_writer_restarts(tmp_path):
+    """The relay keeps its connections to the writer; a restarted writer costs no entry and no error."""
+    auditd = Auditd(tmp_path).start()
+    client = AuditClient(auditd.socket)
+    first = client.append("flow.start", camera="x")
+    auditd.stop()
+    auditd.start()
+    try:
+        again = client.append("flow.end", camera="x")
+    finally:
+        client.close()
+        auditd.stop()
+    assert again["seq"] == first["seq"] + 1
+    assert auditd.verify().ok
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (2**70, str(2**70)),
+        (float("nan"), "nan"),
+        (b"\xff\x1b", "\\xff\\x1b"),
+        ({"a b/c": 1}, {"a_b_c": 1}),
+        (list(range(40)), [*range(32), "… 8 more"]),
+        ({"x": {"y": {"z": {"deep": 1}}}}, {"x": {"y": {"z": '{"deep": 1}'}}}),
+    ],
+)
+def test_values_are_bounded_whatever_their_kind(value, expected):
+    from halfbridge.audit import clean
+
+    assert clean(value) == expected

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from ansible.errors import AnsibleActionFail
 
+from tests.support.auditd import Auditd, write_log
 from tests.support.inventory import ROOT
 from tests.support.playbook import ansible_playbook
 
@@ -110,6 +111,8 @@ def run(tmp_path: Path, fingerprint=None, changes=(), record=False, check=False,
                         "record": record,
                         "audit_command": str(Path(sys.executable).parent / "halfbridge-audit"),
                         "audit_user": "root",
+                        # The gateway's audit log, here: a gateway that has one is not new.
+                        "deployed_paths": [str(tmp_path / "log" / "audit.log"), str(tmp_path / "log" / "audit.head")],
                         **extra,
                     },
                     "register": "answer",
@@ -160,17 +163,23 @@ def test_a_change_notified_thirty_days_ago_goes_through_and_the_baseline_moves(d
     assert json.loads((deployed / "baseline.json").read_text())["max_simultaneous_flows"] == 12
 
 
-def test_an_emergency_change_goes_through_and_is_in_the_audit_log(deployed, monkeypatch):
-    audit = deployed / "audit.log"
+def recorder(workdir: Path, auditd: Auditd) -> str:
+    """halfbridge-audit as the gateway runs it, talking to this test's writer."""
+    wrapper = workdir / "audit"
+    command = Path(sys.executable).parent / "halfbridge-audit"
+    wrapper.write_text(f'#!/bin/sh\nexec {command} "$@" --socket {auditd.socket}\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def test_an_emergency_change_goes_through_and_is_in_the_audit_log(deployed):
     moved = {**FINGERPRINT, "max_simultaneous_flows": 8}
     done = run(deployed, moved, emergency="INC-2026-777", audit_command=str(deployed / "audit"))
     assert done.returncode != 0  # the audit command is missing: no emergency without its record
-    wrapper = deployed / "audit"
-    wrapper.write_text(f'#!/bin/sh\nexec {Path(sys.executable).parent / "halfbridge-audit"} "$@" --log {audit}\n')
-    wrapper.chmod(0o755)
-    done = run(deployed, moved, emergency="INC-2026-777", audit_command=str(wrapper))
-    assert done.returncode == 0, done.stdout[-2000:]
-    [entry] = [json.loads(line) for line in audit.read_text().splitlines()]
+    with Auditd(deployed / "writer") as auditd:
+        done = run(deployed, moved, emergency="INC-2026-777", audit_command=recorder(deployed, auditd))
+        assert done.returncode == 0, done.stdout[-2000:]
+        [entry] = auditd.events("change")
     assert entry["event"] == "change.emergency" and entry["incident"] == "INC-2026-777"
     assert entry["changes"] == [{"path": "max_simultaneous_flows", "before": 10, "after": 8}]
 
@@ -183,24 +192,22 @@ def test_a_damaged_baseline_stops_every_deployment(deployed):
 def test_audit_record_writes_change_events_only(tmp_path, capsys):
     from halfbridge.cli import audit_main
 
-    log = tmp_path / "audit.log"
-    assert audit_main(["record", "change.notified", "--fields", '{"change": "CHG-1"}', "--log", str(log)]) == 0
-    assert audit_main(["record", "flow.end", "--fields", "{}", "--log", str(log)]) == 2
-    assert audit_main(["record", "change.x", "--fields", "[1]", "--log", str(log)]) == 2
-    assert audit_main(["record", "change.x", "--fields", '{"seq": 9}', "--log", str(log)]) == 2
-    assert "change.* events only" in capsys.readouterr().err
-    assert [json.loads(line)["event"] for line in log.read_text().splitlines()] == ["change.notified"]
+    with Auditd(tmp_path) as auditd:
+        socket = ["--socket", str(auditd.socket)]
+        assert audit_main(["record", "change.notified", "--fields", '{"change": "CHG-1"}', *socket]) == 0
+        assert audit_main(["record", "flow.end", "--fields", "{}", *socket]) == 2
+        assert audit_main(["record", "change.x", "--fields", "[1]", *socket]) == 2
+        assert audit_main(["record", "change.x", "--fields", '{"seq": 9}', *socket]) == 2
+        assert "change.* events only" in capsys.readouterr().err
+        assert [e["event"] for e in auditd.events()] == ["change.notified"]
 
 
 def test_a_notice_recorded_by_change_notice_counts_when_the_register_has_no_date(deployed):
-    from halfbridge.audit import AuditLog
-
-    log = deployed / "audit.log"
     moved = {**FINGERPRINT, "max_simultaneous_flows": 9}
     undated = [{"id": "CHG-9", "summary": "quota", "major": True}]
-    refused = run(deployed, moved, changes=undated, audit_log=str(log))
+    refused = run(deployed, moved, changes=undated, audit_log=str(deployed / "log" / "audit.log"))
     assert refused.returncode != 0 and "CHG-9 was never notified" in said(refused)
-    AuditLog(log).append("change.notified", change="CHG-9", sent_on="2026-10-30", to=["a@pp"])
+    log = write_log(deployed, [("change.notified", {"change": "CHG-9", "sent_on": "2026-10-30", "to": ["a@pp"]})]).log
     done = run(deployed, moved, changes=undated, audit_log=str(log))
     assert done.returncode == 0, said(done)[-1500:]
     assert "Change CHG-9 (notified on 2026-10-30" in said(done)
@@ -218,12 +225,68 @@ def test_the_preview_says_what_differs_and_the_earliest_day_of_a_notice_sent_tod
 
 
 def test_the_preview_of_a_notice_already_sent_counts_from_the_first_one(deployed):
-    from halfbridge.audit import AuditLog
-
-    log = deployed / "audit.log"
     moved = {**FINGERPRINT, "relay": {"address": "198.51.100.10", "port": 9443}}
-    AuditLog(log).append("change.notified", change="CHG-6", sent_on="2026-11-20", to=["a@pp"])
-    AuditLog(log).append("change.notified", change="CHG-6", sent_on="2026-11-25", to=["a@pp"])  # a resend
+    sent = [
+        ("change.notified", {"change": "CHG-6", "sent_on": "2026-11-20", "to": ["a@pp"]}),
+        ("change.notified", {"change": "CHG-6", "sent_on": "2026-11-25", "to": ["a@pp"]}),  # a resend
+    ]
+    log = write_log(deployed, sent).log
     done = run(deployed, moved, changes=[change("CHG-6")], preview=True, change="CHG-6", audit_log=str(log))
     assert done.returncode == 0, said(done)[-1500:]
     assert "EARLIEST=2026-12-20" in said(done)  # 30 days from 20 November, not from today (29 November)
+
+
+# -- no baseline: a new gateway, or one that lost it ------------------------------------
+
+NO_BASELINE_SENTENCE = "has no baseline"
+
+
+def test_a_new_gateway_without_a_baseline_deploys_without_a_flag(tmp_path):
+    done = run(tmp_path)
+    assert done.returncode == 0, said(done)[-1500:]
+    assert "No baseline yet: this first deployment sets what the PP sees" in said(done)
+
+
+def test_a_gateway_that_carries_an_audit_log_but_no_baseline_is_refused_with_what_to_do(tmp_path):
+    write_log(tmp_path, [("change.notified", {"change": "CHG-1"})])  # tmp_path/log/audit.log, its head
+    done = run(tmp_path)
+    assert done.returncode != 0
+    text = said(done)
+    assert f"localhost has no baseline ({tmp_path / 'baseline.json'}) but already carries the half-gateway" in text
+    assert "playbooks/restore-records.yml --limit localhost -e records=" in text
+    assert "-e change_window_first_deployment=true, which is written to the audit log" in text
+    assert "Nothing was changed" in text
+    assert not (tmp_path / "baseline.json").exists()
+
+
+def test_the_head_alone_says_the_gateway_is_not_new(tmp_path):
+    auditd = write_log(tmp_path, [])
+    auditd.log.unlink()  # the log gone, its sealed head still there
+    assert (auditd.dir / "audit.head").exists()
+    assert NO_BASELINE_SENTENCE in said(run(tmp_path))
+
+
+def test_a_declared_first_deployment_goes_through_and_is_in_the_audit_log(tmp_path):
+    with Auditd(tmp_path) as auditd:  # tmp_path/log/audit.log: not a new gateway
+        missing = run(tmp_path, first_deployment=True, audit_command=str(tmp_path / "missing"))
+        assert missing.returncode != 0 and "the first deployment could not be written" in said(missing)
+        assert run(tmp_path, first_deployment=True, check=True).returncode == 0  # --check writes nothing
+        assert auditd.events("change") == []
+        done = run(tmp_path, first_deployment="true", audit_command=recorder(tmp_path, auditd))
+        assert done.returncode == 0, said(done)[-1500:]
+        assert "First deployment declared on localhost" in said(done)
+        [entry] = auditd.events("change")
+        assert auditd.verify().ok
+    assert entry["event"] == "change.first_deployment"
+    assert entry["baseline"] == str(tmp_path / "baseline.json") and entry["found"] == str(auditd.log)
+    assert len(entry["fingerprint_sha256"]) == 64
+    # Then the deployment ends as any other: its baseline recorded, and the next one compared with it.
+    assert run(tmp_path, record=True).returncode == 0
+    assert "Nothing the PP sees of the interconnect changes" in said(run(tmp_path))
+
+
+def test_the_flag_does_not_lift_a_baseline_that_exists(deployed):
+    write_log(deployed, [])
+    moved = {**FINGERPRINT, "max_simultaneous_flows": 12}
+    done = run(deployed, moved, first_deployment=True)
+    assert done.returncode != 0 and "This deployment changes what the PP sees" in said(done)

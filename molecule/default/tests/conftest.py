@@ -33,5 +33,11 @@ def cameras() -> list[dict]:
 
 
 def pytest_collection_modifyitems(items):
-    """The incident's tests first: the scenario's side effect left the lab suspended, and they restore it."""
-    items.sort(key=lambda item: not item.nodeid.split("::")[0].endswith("test_incident.py"))
+    """The incident's tests first: the scenario's side effect left the lab suspended, and they restore it.
+    The records' tests last: they destroy the gateway and rebuild it with its records only."""
+
+    def rank(item) -> int:
+        module = item.nodeid.split("::")[0]
+        return 0 if module.endswith("test_incident.py") else 2 if module.endswith("test_records.py") else 1
+
+    items.sort(key=rank)

@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make lab    the lab (four podman containers) and site.yml against it
+#   make lab    the lab (five podman containers) and site.yml against it
 #   make test   lint, unit and integration tests, every molecule scenario
 # Both install what they need first (apt packages, the virtualenv, the image).
 

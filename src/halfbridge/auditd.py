@@ -15,7 +15,8 @@ cannot write in another's name.
 
 The writer rotates the log itself (by size or age): it renames `audit.log`
 to `audit-<UTC time>-<last seq>.log` and starts the new file with `audit.rotated`,
-which continues the chain. Rotated files older than a day are compressed,
+which continues the chain. Rotated files older than a month are compressed
+(the forwarder reads plain files only: a month to catch up after an outage),
 and those older than the history kept are removed (`audit.expired`).
 Every `checkpoint_seconds` it seals the head (seq and hash) in `audit.head`
 and appends it to `audit.checkpoints`, which rsyslog forwards to SYN's
@@ -72,7 +73,7 @@ class AuditdConfig:
     rotate_bytes: int = 64 * 1024 * 1024
     rotate_days: float = 7
     keep_days: float = 365
-    compress_after_days: float = 1
+    compress_after_days: float = 30  # the forwarder reads plain files only: a month to catch up after an outage
     checkpoint_seconds: float = 60
     max_clients: int = 1024
     socket_mode: int = 0o660
@@ -291,7 +292,7 @@ class Writer:
         return rotated
 
     def housekeeping(self, now: float | None = None) -> None:
-        """Compress rotated files older than a day; remove, and record, those older than the history kept.
+        """Compress rotated files past `compress_after_days`; remove, and record, those past the history kept.
 
         Compression touches rotated files only, so it runs without the lock: appends go on meanwhile.
         """

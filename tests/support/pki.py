@@ -48,9 +48,11 @@ class TestCA:
         usage: bool = True,
         policies=(),
         expired: bool = False,
+        names: tuple[str, ...] = (),
     ) -> tuple[Path, Path]:
         """A key and a certificate; `usage=False` leaves out the extended key usage, `policies` are OIDs,
-        `expired` ended yesterday."""
+        `expired` ended yesterday; `names` are the DNS names among the subject alternative names, with
+        the `addresses` (`localhost` when there are addresses and no names)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         days = -1 if expired else 30
@@ -69,9 +71,10 @@ class TestCA:
         if policies:
             found = [x509.PolicyInformation(x509.ObjectIdentifier(oid), None) for oid in policies]
             builder = builder.add_extension(x509.CertificatePolicies(found), critical=False)
-        if addresses:
-            names = [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses] + [x509.DNSName("localhost")]
-            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        if addresses or names:
+            alternatives = [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+            alternatives += [x509.DNSName(n) for n in names or ("localhost",)]
+            builder = builder.add_extension(x509.SubjectAlternativeName(alternatives), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
         stem = self.directory / cn.replace(" ", "-").lower()
         key_path, cert_path = stem.with_suffix(".key"), stem.with_suffix(".crt")

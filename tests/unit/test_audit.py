@@ -254,7 +254,7 @@ def test_rotation_while_four_writers_append_at_full_speed_keeps_one_chain(tmp_pa
 
 
 def test_old_rotations_are_compressed_then_expired_and_the_expiry_recorded(tmp_path):
-    auditd = Auditd(tmp_path, keep_days=10)
+    auditd = Auditd(tmp_path, keep_days=10, compress_after_days=1)
     writer = Writer(AuditdConfig.load(auditd.config_file), auditd.key)
     writer.open()
     old = writer.rotate()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import http.client
 import json
 import math
@@ -11,13 +10,10 @@ import ssl
 import time
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from halfbridge.audit import MAX_LINE
 from halfbridge.quotad import QuotaClient
+from tests.support.pki import hostile_self_signed
 from tests.support.relay import RelayLab
 from tests.support.waiting import wait_for
 
@@ -36,28 +32,11 @@ def lab(tmp_path, camera):
 
 
 def _giant_self_signed(directory) -> tuple:
-    """A self-signed client certificate whose subject carries a 12,000-character OU of control characters."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    hostile = "".join(chr(c) for c in (1, 7, 8, 27, 127, 0x85, 0x202E)) * 1715
-    name = x509.Name(
-        [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, hostile), x509.NameAttribute(NameOID.COMMON_NAME, "x")]
-    )
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    """The hostile certificate and its key, as files a client presents."""
+    cert, key = hostile_self_signed()
     cert_path, key_path = directory / "giant.crt", directory / "giant.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    cert_path.write_bytes(cert)
+    key_path.write_bytes(key)
     return cert_path, key_path
 
 

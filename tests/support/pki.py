@@ -103,3 +103,28 @@ class TestCA:
         temporary.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
         temporary.replace(path)
         return path
+
+
+def hostile_self_signed() -> tuple[bytes, bytes]:
+    """A self-signed client certificate and its key (PEM) whose subject carries a 12,000-character OU of
+    control, C1 and bidirectional characters: what a hostile client presents to swell or garble the history."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    hostile = "".join(chr(c) for c in (1, 7, 8, 27, 127, 0x85, 0x202E)) * 1715
+    name = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, hostile), x509.NameAttribute(NameOID.COMMON_NAME, "x")]
+    )
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    pkcs8 = serialization.PrivateFormat.PKCS8
+    return cert.public_bytes(serialization.Encoding.PEM), key.private_bytes(
+        serialization.Encoding.PEM, pkcs8, serialization.NoEncryption()
+    )

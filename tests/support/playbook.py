@@ -8,7 +8,7 @@ import subprocess
 from tests.support.inventory import ROOT
 
 
-def ansible_playbook(*args: str, **environment: str) -> subprocess.CompletedProcess:
+def ansible_playbook(*args: str, timeout: float = 120, **environment: str) -> subprocess.CompletedProcess:
     """`ansible-playbook ARGS`, without colours, its output captured; `environment` adds variables."""
     env = {
         **os.environ,
@@ -18,5 +18,10 @@ def ansible_playbook(*args: str, **environment: str) -> subprocess.CompletedProc
         **environment,
     }
     return subprocess.run(
-        ["ansible-playbook", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+        ["ansible-playbook", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def lab_playbook(*args: str) -> subprocess.CompletedProcess:
+    """`ansible-playbook -i inventories/lab ARGS` against the running lab (molecule's tests)."""
+    return ansible_playbook("-i", "inventories/lab", *args, timeout=900)

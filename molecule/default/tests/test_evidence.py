@@ -13,12 +13,9 @@ import shlex
 import time
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests.support.inventory import host_var
+from tests.support.pki import hostile_self_signed
 from tests.support.waiting import wait_for
 
 AGENT = "/etc/halfbridge-pp"
@@ -48,34 +45,10 @@ def put(host, path: str, data: bytes) -> None:
     host.check_output(f"echo {base64.b64encode(data).decode()} | base64 -d > {path} && chmod 0600 {path}")
 
 
-def giant_certificate() -> tuple[bytes, bytes]:
-    """Self-signed, its subject a 12,000-character OU of control characters."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    hostile = "".join(chr(c) for c in (1, 7, 8, 27, 127, 0x85, 0x202E)) * 1715
-    name = x509.Name(
-        [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, hostile), x509.NameAttribute(NameOID.COMMON_NAME, "x")]
-    )
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    pem_key = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), pem_key
-
-
 def test_a_giant_hostile_subject_is_one_bounded_entry_and_everything_goes_on(lab_host, cameras, base):
     gw, pp = lab_host("gw"), lab_host("pp")
     since = float(gw.check_output("date +%s.%N"))
-    crt, key = giant_certificate()
+    crt, key = hostile_self_signed()
     put(pp, "/tmp/giant.crt", crt)
     put(pp, "/tmp/giant.key", key)
     refused = curl(pp, f"{base}/v1/cameras", stem="/tmp/giant")

@@ -16,27 +16,19 @@ import datetime as dt
 import email
 import email.policy
 import json
-import os
-import subprocess
 import time
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.support.inventory import ROOT, host_var
+from tests.support.inventory import host_var
+from tests.support.playbook import lab_playbook
 
 INCIDENT = "INC-LAB-0042"
 MAILDIR = "/var/lib/smtp-sink/Maildir/new"
 AGENT = ["--cacert", "/etc/halfbridge-pp/ca.crt", "--cert", "/etc/halfbridge-pp/agent.crt",
          "--key", "/etc/halfbridge-pp/agent.key"]  # fmt: skip
 AUDIT = "/var/log/halfbridge/audit.log"
-
-
-def play(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["ansible-playbook", "-i", "inventories/lab", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
-    )  # fmt: skip
 
 
 def mails(pp, since: dt.datetime) -> dict[str, email.message.EmailMessage]:
@@ -77,17 +69,17 @@ def incident(lab_host):
     state = json.loads(gw.check_output("/opt/halfbridge/venv/bin/halfbridge-interconnect status"))
     if not state["suspended"]:
         for playbook in ("molecule/default/side_effect.yml", "site.yml"):
-            done = play(playbook)
+            done = lab_playbook(playbook)
             assert done.returncode == 0, done.stdout[-3000:]
     started = when(pp.check_output("cat /tmp/incident-play-started").strip())
     try:
         yield {"started": started}
     finally:
-        play("playbooks/interconnect-restore.yml", "-e", f"incident={INCIDENT}")
+        lab_playbook("playbooks/interconnect-restore.yml", "-e", f"incident={INCIDENT}")
         pp.run("pkill -f '[c]url .*/tmp/cut.ts'")
 
 
-def test_the_suspension_cut_the_open_flow_within_seconds_of_the_play(lab_host, incident, relay):
+def test_the_suspension_cut_the_open_flow_within_seconds_of_the_lab_playbook(lab_host, incident, relay):
     gw, pp = lab_host("gw"), lab_host("pp")
     [cut] = audit(gw, "interconnect.suspended", incident["started"])
     assert when(cut["since"]) - incident["started"] < dt.timedelta(seconds=15)
@@ -129,7 +121,7 @@ def test_the_later_site_run_kept_the_interconnect_cut(lab_host, incident, relay)
 
 def test_restore_reopens_emails_the_restoration_and_the_audit_log_holds_both(lab_host, incident, relay):
     gw, pp = lab_host("gw"), lab_host("pp")
-    restored = play("playbooks/interconnect-restore.yml", "-e", f"incident={INCIDENT}")
+    restored = lab_playbook("playbooks/interconnect-restore.yml", "-e", f"incident={INCIDENT}")
     assert restored.returncode == 0, restored.stdout[-3000:]
     assert status(pp, f"{relay}/v1/cameras") == "200"
     back = [

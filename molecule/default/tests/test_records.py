@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -25,17 +24,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.inventory import ROOT, container, host_var
+from tests.support.playbook import lab_playbook
 
 BACKUPS = ROOT / ".cache" / "records" / "gw"
 LOGS = "/var/log/halfbridge"
 BASELINE = "/var/lib/halfbridge/interconnect-baseline.json"
-
-
-def play(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["ansible-playbook", "-i", "inventories/lab", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
-    )  # fmt: skip
 
 
 def said(done: subprocess.CompletedProcess) -> str:
@@ -54,18 +47,18 @@ def rebuilt(lab_host) -> dict:
     gw = lab_host("gw")
     baseline = gw.check_output(f"cat {BASELINE}")
     earlier = set(BACKUPS.iterdir()) if BACKUPS.exists() else set()
-    done = play("playbooks/backup.yml")
+    done = lab_playbook("playbooks/backup.yml")
     assert done.returncode == 0, done.stdout[-3000:]
     [backup] = set(BACKUPS.iterdir()) - earlier
     assert f"The records of gw are in {backup}" in said(done)
 
     removed = subprocess.run(["podman", "rm", "-f", container("gw")], capture_output=True, text=True, timeout=120)
     assert removed.returncode == 0, removed.stderr
-    up = play("lab/up.yml", "--limit", "gw,localhost")
+    up = lab_playbook("lab/up.yml", "--limit", "gw,localhost")
     assert up.returncode == 0, up.stdout[-3000:]
     assert gw.run(f"test -e {LOGS}/audit.log").rc != 0  # a new machine: nothing of the gateway left
 
-    restored = play("playbooks/restore-records.yml", "--limit", "gw", "-e", f"records={backup}")
+    restored = lab_playbook("playbooks/restore-records.yml", "--limit", "gw", "-e", f"records={backup}")
     assert restored.returncode == 0, restored.stdout[-3000:]
     manifest = json.loads((backup / "manifest.json").read_text())
     return {"backup": backup, "manifest": manifest, "baseline": baseline, "restored": restored}
@@ -98,7 +91,7 @@ def test_the_rebuilt_gateway_has_its_records_back_with_their_owners(rebuilt, lab
 
 
 def test_the_change_window_compares_with_the_restored_baseline(rebuilt):
-    done = play("playbooks/change_window.yml")
+    done = lab_playbook("playbooks/change_window.yml")
     assert done.returncode == 0, done.stdout[-3000:]
     assert "No baseline yet" not in said(done)
     assert "Nothing the PP sees of the interconnect changes" in said(done)

@@ -360,7 +360,9 @@ class Relay:
                     await self._audit("auth.refused", request, result="refused", reason=refusal.detail, **fields)
             except AuditError as exc:
                 # Article 6: no authentication goes unrecorded. The connection's next request tries again.
-                self.peers.pop(request.transport.get_extra_info("ssl_object"), None)
+                connection = request.transport.get_extra_info("ssl_object") if request.transport else None
+                if connection is not None:
+                    self.peers.pop(connection, None)
                 raise _unrecorded(exc) from None
         if refusal is not None:
             raise refusal
@@ -959,5 +961,7 @@ class Relay:
                 ready.set()
             await self._watch()
         finally:
+            with contextlib.suppress(Exception):  # what the last window folded, before the relay goes
+                await asyncio.wait_for(self._write_folded(), 5)
             for runner in reversed(runners):
                 await runner.cleanup()

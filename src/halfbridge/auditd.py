@@ -335,7 +335,6 @@ class Server:
         self.writer = writer
         self.pending: list[tuple[str, dict, str, asyncio.Future]] = []
         self.clients = 0
-        self.written = 0
         self.streams: set[asyncio.StreamWriter] = set()
 
     async def handle(self, reader: asyncio.StreamReader, stream: asyncio.StreamWriter) -> None:
@@ -382,7 +381,6 @@ class Server:
         result = await done
         if isinstance(result, Exception):
             return {"ok": False, "refused": isinstance(result, ValueError), "error": str(result)[:300]}
-        self.written += 1
         return {"ok": True, "entry": result}
 
     def flush(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import gzip
@@ -362,3 +363,22 @@ def test_values_are_bounded_whatever_their_kind(value, expected):
     from halfbridge.audit import clean
 
     assert clean(value) == expected
+
+
+def test_a_hostile_sender_cannot_swell_or_stop_the_writer(auditd):
+    """A request past 64 KiB without a newline, and a line that is not JSON: refused, and the writer goes on."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(auditd.socket))
+        sock.sendall(b"x" * 200_000)
+        with contextlib.suppress(OSError):
+            assert sock.recv(100) == b""  # the connection is closed, nothing answered
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(auditd.socket))
+        sock.sendall(b"not json\n")
+        assert json.loads(sock.recv(4096))["ok"] is False
+    assert auditd.client.append("flow.start", camera="x")["seq"] == 6
+    assert len(lines(auditd)) == 6

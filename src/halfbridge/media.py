@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -24,8 +25,15 @@ class ProbeError(RuntimeError):
     """A stream could not be probed; the message says why, without credentials."""
 
 
-# Audio codecs MPEG-TS carries; anything else (G.711, G.726, PCM...) is dropped.
-TS_AUDIO_CODECS = frozenset({"aac", "mp2", "mp3", "ac3", "eac3", "opus"})
+# ffmpeg 5.1 gives the first frame it reads from RTSP no presentation timestamp. Without
+# B-frames it fills one in; with them (H.264 High, H.265) the MPEG-TS muxer stops with "first
+# pts and dts value must be set". This bitstream filter, on each video output, takes the
+# decoding timestamp for a missing presentation one (commas escaped: -bsf takes a list).
+FILL_PTS = r"setts=pts=if(eq(PTS\,NOPTS)\,DTS\,PTS)"
+# ffmpeg's log lines with `-loglevel level+...`: "[ctx @ 0x55..] [error] text" or "[error] text".
+_LOG_LINE = re.compile(r"^(?:\[(?P<context>[^\]@]+?) @ 0x[0-9a-f]+\] )?\[(?P<level>[a-z]+)\] (?P<text>.*)$")
+# An input stream as ffmpeg lists it: "  Stream #0:1[0x101]: Audio: aac (LC) (...), 8000 Hz, mono".
+_INPUT_STREAM = re.compile(r"^\s*Stream #0:\d+\S*: (?P<kind>Video|Audio|Data|Subtitle): (?P<codec>[\w-]+)(?P<rest>.*)$")
 # What ffmpeg may open on the way to a camera. `file` reads the ffconcat file.
 PROTOCOLS = "file,rtsp,rtp,srtp,tcp,udp,tls,rtsps,crypto"
 
@@ -70,10 +78,12 @@ def ffconcat_text(url: str, timeout: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read, atomically."""
+def write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write a file only its owner (and, with `mode` 0o640, its group) can read, atomically."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        if mode != 0o600:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, path)
@@ -172,32 +182,63 @@ def probe_duration(path: str, timeout: float = 30.0) -> float:
     return max(0.0, last + last_duration - first)
 
 
+@dataclass(frozen=True)
+class LogLine:
+    """One line ffmpeg wrote on stderr with `-loglevel level+...`."""
+
+    level: str  # "error", "warning", "info"...; "" for the continuation of a message
+    text: str  # without the level, with the component that spoke ("tcp: Connection refused")
+
+    @property
+    def is_error(self) -> bool:
+        return self.level in ("error", "fatal", "panic")
+
+    @property
+    def input_stream(self) -> tuple[str, str, str] | None:
+        """(kind, codec, description) when this line lists one of the input's streams."""
+        found = _INPUT_STREAM.match(self.text) if self.level == "info" else None
+        return (found["kind"].lower(), found["codec"], found["codec"] + found["rest"]) if found else None
+
+
+def log_line(line: str) -> LogLine:
+    """Parse one stderr line of ffmpeg run with `-loglevel level+LEVEL`."""
+    found = _LOG_LINE.match(line.rstrip())
+    if found is None:
+        return LogLine("", line.strip())
+    text = found["text"].strip()
+    return LogLine(found["level"], f"{found['context']}: {text}" if found["context"] else text)
+
+
 def record_command(
     source: str,
     pattern: str,
     segment_list: str,
     segment_seconds: int,
-    keep_audio: bool,
     stats_period: float = 2.0,
     live_fd: int | None = None,
 ) -> list[str]:
-    """ffmpeg copying a camera into clock-aligned MPEG-TS segments, with progress on stdout.
+    """ffmpeg copying a camera's video into clock-aligned MPEG-TS segments, with progress on stdout.
 
     `source` is an ffconcat file (see `ffconcat_text`) or a media file;
     `pattern` is a strftime pattern (run ffmpeg with TZ=UTC); each finished
     segment is appended to the CSV `segment_list` with its start and end,
     relative to the first packet. With `live_fd`, the same video also goes, as
     one MPEG-TS stream, into that file descriptor (a pipe the recorder's live
-    tap reads, see `halfbridge.live`): one RTSP session feeds the recording and
-    every live flow.
+    tap reads, see `halfbridge.live`), written out frame by frame: one RTSP
+    session feeds the recording and every live flow.
+
+    Only the first video stream is kept: video-protection records images, never
+    sound (a camera's audio tracks are left behind), nor data tracks. Nothing is
+    transcoded. stderr has ffmpeg's messages from `info` up, each tagged with its
+    level (see `log_line`): the input's streams, then warnings and errors.
     """
     if source.endswith(".ffconcat"):
         stream = ffmpeg.input(source, f="concat", safe=0, protocol_whitelist=PROTOCOLS)
     else:
         stream = ffmpeg.input(source)
-    outputs = [stream["v:0"], stream["a:0"]] if keep_audio else [stream["v:0"]]
+    video = stream["v:0"]
     out = ffmpeg.output(
-        *outputs,
+        video,
         pattern,
         c="copy",
         f="segment",
@@ -207,13 +248,18 @@ def record_command(
         strftime=1,
         segment_list=segment_list,
         segment_list_type="csv",
+        **{"bsf:v": FILL_PTS},
     )
     if live_fd is not None:
+        # flush_packets: each frame is written to the pipe as soon as it is muxed (not in 32 KiB
+        # blocks), so a live viewer gets it within milliseconds of the camera sending it.
         live = ffmpeg.output(
-            stream["v:0"], f"pipe:{live_fd}", c="copy", f="mpegts", muxdelay=0, muxpreload=0, flush_packets=0
-        )
+            video, f"pipe:{live_fd}", c="copy", f="mpegts", muxdelay=0, muxpreload=0, flush_packets=1,
+            **{"bsf:v": FILL_PTS},
+        )  # fmt: skip
         out = ffmpeg.merge_outputs(out, live)
     out = out.global_args(
-        "-hide_banner", "-nostdin", "-loglevel", "warning", "-progress", "pipe:1", "-stats_period", f"{stats_period:g}"
-    )
+        "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+info",
+        "-progress", "pipe:1", "-stats_period", f"{stats_period:g}",
+    )  # fmt: skip
     return ffmpeg.compile(out, cmd="ffmpeg", overwrite_output=True)

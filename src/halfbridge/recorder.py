@@ -12,6 +12,12 @@ with the flag `recovered`.
 
 With `live_socket`, ffmpeg also writes the camera's video into a pipe that the
 live tap (`halfbridge.live`) fans out to the relay's live flows.
+
+Only the camera's first video stream is recorded, as the camera sends it (no
+transcoding); its sound never is (video-protection concerns images), which the
+status says once. When ffmpeg fails, the reason given (status, log, history) is
+its first error since the recording was last fine, not its last line, which is
+usually only the consequence ("Conversion failed!").
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from halfbridge import media
+from halfbridge import media, ts
 from halfbridge.audit import AuditClient, AuditError
 from halfbridge.config import load_or_exit
 from halfbridge.live import LiveTap
@@ -59,7 +65,6 @@ class RecorderConfig:
     backoff_jitter: float = 0.2
     stable_seconds: float = 60.0
     still_down_log_seconds: float = 600.0
-    keep_audio: bool | None = None  # None: decided by probing the camera
     audit_socket: Path | None = None  # the audit writer, which records outages and recoveries for auditors
     live_socket: Path | None = None  # where the relay's live flows connect (halfbridge.live); None: no live tap
 
@@ -111,7 +116,12 @@ class Run:
     last_end: float | None = None  # absolute end of the last indexed segment
     segments: int = 0
     progress: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
-    errors: collections.deque = field(default_factory=lambda: collections.deque(maxlen=20))
+    first_error: str | None = None  # ffmpeg's first error since the last indexed segment
+    last_warning: str | None = None
+    listing_input: bool = False  # ffmpeg is listing its input's streams
+    answered: bool = False  # the camera answered: ffmpeg listed its streams
+    video: str | None = None  # the input's first video stream, as ffmpeg describes it
+    audio: list[str] = field(default_factory=list)  # the codecs of the input's audio streams (left behind)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -130,9 +140,10 @@ class Recorder:
         self.next_start = 0.0
         self.days_ensured = float("-inf")
         self.last_down_log = 0.0
-        self.keep_audio = config.keep_audio
         self.audit = AuditClient(config.audit_socket) if config.audit_socket else None
-        self.audio_note = "unknown" if config.keep_audio is None else ("kept" if config.keep_audio else "not recorded")
+        self.recorded_reason: str | None = None  # the outage's reason as the history last has it
+        self.video: str | None = None  # what the camera sends, as ffmpeg last described it
+        self.audio: str | None = None  # None until ffmpeg has listed the camera's streams
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.status_path = config.state_dir / f"{config.camera}.status.json"
         self.playlist_path = config.state_dir / f"{config.camera}.ffconcat"
@@ -192,7 +203,7 @@ class Recorder:
         self.collect(now)
         code = self.run.process.poll()
         if code is not None:
-            self.run_ended(now, f"ffmpeg exited with status {code}")
+            self.run_ended(now, "the camera ended its stream" if code == 0 else f"ffmpeg exited with status {code}")
         elif now - self.run.last_growth > self.config.watchdog_seconds:
             why = f"no new frames for {self.config.watchdog_seconds:g} s (or the camera's timestamps stopped advancing)"
             self.stop_run(why)
@@ -201,8 +212,6 @@ class Recorder:
     # -- running ffmpeg --------------------------------------------------
 
     def start_run(self, now: float) -> None:
-        if self.keep_audio is None:
-            self.keep_audio = self.decide_audio()
         media.write_private(self.playlist_path, media.ffconcat_text(self.config.url, self.config.rtsp_timeout))
         list_path = self.config.state_dir / f"{self.config.camera}.segments.csv"
         list_path.unlink(missing_ok=True)
@@ -212,7 +221,6 @@ class Recorder:
             self.store.segment_pattern(self.config.camera),
             str(list_path),
             self.config.segment_seconds,
-            bool(self.keep_audio),
             live_fd=live[1] if live else None,
         )
         try:
@@ -242,11 +250,24 @@ class Recorder:
             run.progress.append((time.time(), line))
 
     def _on_stderr(self, run: Run, line: str) -> None:
-        text = line.strip().replace(self.config.url, media.redact(self.config.url))
-        text = text.replace(f"{self.playlist_path}: ", "")
-        if text and "Non-monotonous DTS" not in text and "Timestamps are unset" not in text:
-            with run.lock:
-                run.errors.append(text)
+        entry = media.log_line(line.replace(self.config.url, media.redact(self.config.url)))
+        text = entry.text.replace(f"{self.playlist_path}: ", "")[:500]
+        with run.lock:
+            if entry.level == "info":
+                # ffmpeg lists its input's streams once, at the start: what the camera sends.
+                if text.startswith(("Input #", "Output #")):
+                    run.listing_input = text.startswith("Input #")
+                    run.answered = True
+                elif run.listing_input and (stream := entry.input_stream) is not None:
+                    kind, codec, description = stream
+                    if kind == "video" and run.video is None:
+                        run.video = description
+                    elif kind == "audio":
+                        run.audio.append(codec)
+            elif entry.is_error:
+                run.first_error = run.first_error or text
+            elif entry.level == "warning" and "Non-monotonous DTS" not in text:
+                run.last_warning = text
 
     def collect(self, now: float) -> None:
         """Read ffmpeg's progress (anchor, watchdog) and its finished segments (index)."""
@@ -300,15 +321,29 @@ class Recorder:
             name, rel_start, rel_end = _parse_list_line(raw.decode("utf-8", "replace"))
             if name is None:
                 continue
-            self.index_segment(name, run.anchor + rel_start, run.anchor + rel_end)
+            start = run.anchor + rel_start
+            if run.segments == 0:
+                start += self.first_lead(name)
+            self.index_segment(name, start, run.anchor + rel_end)
             run.last_end = run.anchor + rel_end
             run.segments += 1
             indexed = True
+        if indexed:
+            with run.lock:  # what failed before this segment was written is no longer why anything fails
+                run.first_error = run.last_warning = None
         if indexed:
             # Where the next segment starts, for the recovery after a crash.
             self.run_path.write_text(
                 json.dumps({"started": run.started, "anchor": run.anchor, "last_end": run.last_end})
             )
+
+    def first_lead(self, name: str) -> float:
+        """How much later than listed a run's first segment starts (B-frames; see `ts.lead`)."""
+        try:
+            with self.store.segment_path(self.config.camera, name).open("rb") as handle:
+                return ts.lead(handle.read(1 << 20))
+        except (OSError, ValueError):
+            return 0.0
 
     def index_segment(self, name: str, start: float, end: float, flags: str = "") -> None:
         day = segment_day(name)
@@ -338,12 +373,12 @@ class Recorder:
     def run_ended(self, now: float, why: str) -> None:
         run = self.run
         self.run = None
-        with run.lock:
-            errors = list(run.errors)
         if run.anchor is not None:
             self.index_finished(run)
         self.recover_partial(run.last_end)
-        reason = errors[-1] if errors else why
+        with run.lock:
+            reason = run.first_error or run.last_warning or why
+            answered = run.answered
         if self.stopping:
             return
         if now - run.started >= self.config.stable_seconds and run.segments > 0:
@@ -351,11 +386,27 @@ class Recorder:
         delay = self.backoff.next_delay()
         self.next_start = now + delay
         self.restarts += 1
-        self.went_down(now, reason, delay)
+        self.went_down(now, reason, delay, answered)
 
     # -- state and reports -----------------------------------------------
 
+    def streams_listed(self, run: Run) -> None:
+        """What the camera sends, once ffmpeg has said it: in the status; its sound, said once, is left behind."""
+        with run.lock:
+            video, audio = run.video, ", ".join(run.audio) or "none"
+        if video is None:
+            return
+        if audio != "none" and audio != self.audio:
+            log.info(
+                "camera %s: its sound (%s) is not recorded nor relayed: video-protection concerns images only",
+                self.config.camera,
+                audio,
+            )
+        self.video, self.audio = video, audio
+
     def went_up(self, now: float) -> None:
+        if self.run is not None:
+            self.streams_listed(self.run)
         if self.state == "down":
             log.info(
                 "camera %s: recording again after %s down (%d attempts)",
@@ -369,7 +420,7 @@ class Recorder:
         self.state, self.down_since, self.last_error = "recording", None, ""
         self.write_status()
 
-    def went_down(self, now: float, reason: str, delay: float) -> None:
+    def went_down(self, now: float, reason: str, delay: float, answered: bool = False) -> None:
         self.last_error = reason
         if self.state != "down":
             self.state, self.down_since, self.last_down_log = "down", now, now
@@ -381,6 +432,13 @@ class Recorder:
                 delay,
             )
             self.record("recorder.down", since=iso(now), reason=reason)
+            self.recorded_reason = reason
+        elif answered and reason != self.recorded_reason:
+            # The camera answers again but sends what cannot be recorded: the history says why the
+            # gap goes on. Once per new reason; attempts are spaced by the back-off anyway.
+            log.warning("camera %s: answers again, but its stream cannot be recorded: %s", self.config.camera, reason)
+            self.record("recorder.down", since=iso(self.down_since), reason=reason, attempts=self.backoff.failures)
+            self.recorded_reason = reason
         elif now - self.last_down_log >= self.config.still_down_log_seconds:
             self.last_down_log = now
             log.warning(
@@ -409,28 +467,13 @@ class Recorder:
             "since": iso(self.down_since) if self.state == "down" else None,
             "last_error": self.last_error or None,
             "restarts": self.restarts,
-            "audio": self.audio_note,
+            "video": self.video,
+            # Sound is never recorded: "none" (the camera sends none), or what is left behind.
+            "audio": None if self.audio is None else ("none" if self.audio == "none" else f"dropped ({self.audio})"),
             "updated": iso(self.clock()),
         }
-        media.write_private(self.status_path, json.dumps(status, indent=1) + "\n")
-
-    def decide_audio(self) -> bool | None:
-        """Keep the audio if MPEG-TS can carry it; None when the camera cannot be asked now."""
-        try:
-            info = media.probe_video(self.config.url, timeout=self.config.rtsp_timeout)
-        except media.ProbeError as exc:
-            log.debug("camera %s: probe before recording failed: %s", self.config.camera, exc)
-            return None
-        if info.audio and info.audio not in media.TS_AUDIO_CODECS:
-            log.warning(
-                "camera %s: audio in %s cannot be carried in MPEG-TS; recording the video only",
-                self.config.camera,
-                info.audio,
-            )
-            self.audio_note = f"dropped ({info.audio} does not fit in MPEG-TS)"
-            return False
-        self.audio_note = f"kept ({info.audio})" if info.audio else "none"
-        return bool(info.audio)
+        # Readable by the recorder's group: the relay shows the state and the error in /v1/cameras.
+        media.write_private(self.status_path, json.dumps(status, indent=1) + "\n", mode=0o640)
 
     # -- crash recovery --------------------------------------------------
 

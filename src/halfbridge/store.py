@@ -265,6 +265,19 @@ def spans(segments: list[Segment], tolerance: float) -> list[tuple[float, float]
     return [(a, b) for a, b in merged]
 
 
+def playback_from(segments: list[Segment], start: float) -> list[Segment]:
+    """Of `segments` (sorted, looked up a few seconds around a range), those a playback from `start` reads.
+
+    Playback starts in the last segment that opens at or before `start` (at its keyframe at or
+    before `start`). The segments are looked up around the range because of B-frames: a frame
+    shown just before the range's end can be in the segment that opens after it (an open GOP's
+    leading frames), and a `start` that falls among them is shown from the keyframe of the
+    segment before.
+    """
+    opening = [index for index, segment in enumerate(segments) if segment.start <= start + 1e-3]
+    return segments[opening[-1] :] if opening else segments
+
+
 def _numeric_entries(path: Path, width: int) -> list[str]:
     try:
         return sorted(n for n in os.listdir(path) if len(n) == width and n.isdigit())

@@ -1,14 +1,26 @@
-"""Just enough MPEG-TS to serve recordings: where a segment's keyframes are, and their times.
+"""Just enough MPEG-TS to serve recordings: where a segment's frames and keyframes are, and their times.
 
 Playback sends the recorded bytes themselves (nothing is remuxed): the tables
 (PAT, PMT) of the first segment, then from the keyframe at or before the asked
-start to the end of the range. A keyframe is a packet that starts a video PES
-and carries the random access indicator, as ffmpeg's muxer (the recorder's)
-marks them.
+start to the last frame shown at or before the asked end. A frame is a video
+PES; a keyframe is one whose first packet carries the random access indicator,
+as ffmpeg's muxer (the recorder's) marks them.
+
+Frames are stored in decoding order. With B-frames (H.264 High, H.265) the
+order they are shown in differs: a frame shown at or before the end can follow,
+in the file, a reference frame shown after it, so the cut is after the *last
+frame in the file* shown at or before the end (the reference frames it needs
+come with it; a player shows them too, at most the encoder's reorder depth
+past the end). In an open-GOP stream (H.265's default) the frames that follow
+a keyframe can be shown before it. Times are measured from a file's first
+frame with signed differences on the 33-bit, 90 kHz clock, which wraps every
+26.5 hours: a frame shown before the first one, or after a wrap, is placed
+right.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,19 +33,17 @@ class TsError(ValueError):
     """A file that is not MPEG-TS as the recorder writes it."""
 
 
-@dataclass(frozen=True)
-class Keyframe:
-    offset: int  # byte offset of its first packet in the file
-    pts: float  # seconds
+def _clock(p: memoryview) -> float:
+    """A 33-bit PES timestamp (5 bytes with marker bits), in seconds."""
+    return (((p[0] >> 1) & 0x07) << 30 | p[1] << 22 | (p[2] >> 1) << 15 | p[3] << 7 | p[4] >> 1) / CLOCK
 
 
-def _pts(payload: memoryview) -> float | None:
-    """The PTS of a PES header at the start of `payload` (seconds), if it has one."""
+def _timestamps(payload: memoryview) -> tuple[float, float] | None:
+    """(PTS, DTS) of a PES header at the start of `payload` (seconds; DTS is PTS if absent), if it has a PTS."""
     if len(payload) < 14 or payload[0:3] != b"\x00\x00\x01" or not payload[7] & 0x80:
         return None
-    p = payload[9:14]
-    value = ((p[0] >> 1) & 0x07) << 30 | p[1] << 22 | (p[2] >> 1) << 15 | p[3] << 7 | p[4] >> 1
-    return value / CLOCK
+    pts = _clock(payload[9:14])
+    return pts, (_clock(payload[14:19]) if payload[7] & 0x40 and len(payload) >= 19 else pts)
 
 
 def _payload(packet: memoryview) -> memoryview:
@@ -74,76 +84,126 @@ def tables(data: bytes) -> bytes:
     raise TsError("no PAT and PMT at the start of the file")
 
 
-def _video_pts(packet: memoryview) -> float | None:
-    """The PTS of a video PES that starts in this packet, else None."""
-    if not packet[1] & 0x40:  # payload_unit_start_indicator
+WRAP = 2**33 / CLOCK  # seconds after which a PTS wraps (about 26.5 hours)
+_EPSILON = 1e-3  # index times are rounded to the millisecond
+
+
+def signed(pts: float, origin: float) -> float:
+    """Seconds from `origin` to `pts`, negative if `pts` is earlier, across the 33-bit wrap."""
+    delta = (pts - origin) % WRAP
+    return delta - WRAP if delta > WRAP / 2 else delta
+
+
+@dataclass(frozen=True)
+class Frame:
+    offset: int  # byte offset of its first packet in the file
+    pts: float  # seconds, as written (33-bit clock)
+    key: bool  # the random access indicator is set: decoding can start here
+    dts: float  # seconds: when it is decoded (its PTS when the header has no DTS)
+
+
+def _frame_at(data: bytes, found: int, view: memoryview) -> Frame | None:
+    """The frame whose video PES start code was found at `found`, if it truly opens a packet's payload."""
+    offset = found - found % PACKET
+    if offset + PACKET > len(data) or data[offset] != SYNC or not data[offset + 1] & 0x40:
         return None
-    payload = _payload(packet)
-    return _pts(payload) if len(payload) > 3 and 0xE0 <= payload[3] <= 0xEF else None
+    control = (data[offset + 3] >> 4) & 0x3
+    adaptation = control == 3 and data[offset + 4] > 0
+    payload = offset + 5 + data[offset + 4] if control == 3 else offset + 4
+    if found != payload:
+        return None
+    stamps = _timestamps(view[found : offset + PACKET])
+    if stamps is None:
+        return None
+    return Frame(offset, stamps[0], bool(adaptation and data[offset + 5] & 0x40), stamps[1])
 
 
-def _after(pts: float, origin: float) -> float:
-    """Seconds from `origin` to `pts`, across the 33-bit wrap."""
-    return (pts - origin) % (2**33 / CLOCK)
+def frames(data: bytes) -> list[Frame]:
+    """Every video frame of a file, in file (decoding) order.
+
+    Only the starts of the first video stream's PES (00 00 01 E0, found by `find`, in C) are
+    looked at, not every packet: an H.264 or H.265 NAL unit never begins with E0, and each start
+    code found is checked against its packet's header.
+    """
+    view = memoryview(data)
+    found: list[Frame] = []
+    position = 0
+    while (at := data.find(b"\x00\x00\x01\xe0", position)) >= 0:
+        position = at + 4
+        if (frame := _frame_at(data, at, view)) is not None:
+            found.append(frame)
+    if data[:1] not in (b"", bytes([SYNC])):
+        raise TsError("no MPEG-TS sync byte at offset 0")
+    return found
 
 
-def keyframes(data: bytes) -> list[Keyframe]:
-    """The video keyframes of a file, in order: video PES starts with the random access indicator."""
-    return [
-        Keyframe(offset, pts)
-        for offset, _pid, packet in packets(data)
-        if packet[3] & 0x20 and packet[4] and packet[5] & 0x40 and (pts := _video_pts(packet)) is not None
-    ]
+def keyframes(data: bytes) -> list[Frame]:
+    """The video keyframes of a file, in order."""
+    return [frame for frame in frames(data) if frame.key]
 
 
 def last_keyframe(data: bytes) -> int | None:
     """Byte offset of the last video keyframe in `data` (whole packets), or None; read from the end.
 
-    Only the starts of the first video stream's PES (00 00 01 E0, found by `rfind`, in C; an
-    H.264 or H.265 NAL header never begins with E0) are looked at, not every packet: the live
-    tap calls this on every read of its pipe.
+    The live tap calls this on every read of its pipe: it searches backwards and stops at the
+    first keyframe it meets.
     """
     view = memoryview(data)
     end = len(data) - len(data) % PACKET
     while (found := data.rfind(b"\x00\x00\x01\xe0", 0, end)) >= 0:
         end = found + 3  # the next search ends before this start code
-        offset = found - found % PACKET
-        # The start code opens the packet's payload: payload_unit_start, an adaptation field with the
-        # random access indicator, then a video PES.
-        if (
-            data[offset + 1] & 0x40
-            and data[offset + 3] & 0x20
-            and data[offset + 4]
-            and found == offset + 5 + data[offset + 4]
-            and data[offset + 5] & 0x40
-            and _video_pts(view[offset : offset + PACKET]) is not None
-        ):
-            return offset
+        frame = _frame_at(data, found, view)
+        if frame is not None and frame.key:
+            return frame.offset
     return None
 
 
 def first_pts(data: bytes) -> float | None:
-    """The PTS of the first video PES of a file."""
-    return next((pts for _o, _p, packet in packets(data) if (pts := _video_pts(packet)) is not None), None)
+    """The PTS of the first video frame of a file: the origin of its times."""
+    found = frames(data[: 1 << 20]) or frames(data)
+    return found[0].pts if found else None
+
+
+def lead(data: bytes) -> float:
+    """How long the file's first frame is shown after it is decoded (PTS minus DTS; 0 without B-frames).
+
+    ffmpeg's segment muxer lists a run's first segment as starting at 0 although its first frame
+    is shown that much later (the muxer shifts timestamps so that none is negative): the recorder
+    adds this to place that segment right.
+    """
+    found = frames(data[: 1 << 20])
+    return max(0.0, signed(found[0].pts, found[0].dts)) if found else 0.0
 
 
 def start_offset(data: bytes, seconds: float) -> int:
-    """Byte offset of the last keyframe at or before `seconds` into the file (0 if none)."""
-    origin = first_pts(data)
-    best = 0
-    if origin is not None:
-        for keyframe in keyframes(data):
-            if _after(keyframe.pts, origin) > seconds + 1e-3:
-                break
-            best = keyframe.offset
-    return best
+    """Byte offset of the last keyframe shown at or before `seconds` from the file's first frame (0 if none)."""
+    return cut(data, seconds, math.inf)[0]
 
 
 def end_offset(data: bytes, seconds: float) -> int:
-    """Byte offset of the first video PES more than `seconds` into the file (the end if none)."""
-    origin = first_pts(data)
-    if origin is not None:
-        for offset, _pid, packet in packets(data):
-            if (pts := _video_pts(packet)) is not None and _after(pts, origin) > seconds + 1e-3:
-                return offset
-    return len(data) - len(data) % PACKET
+    """Byte offset just after the last frame (in file order) shown at or before `seconds` (0 if none)."""
+    return cut(data, -math.inf, seconds)[1]
+
+
+def cut(data: bytes, start: float, end: float) -> tuple[int, int]:
+    """(head, tail): the bytes of a file that show [start, end], in seconds from its first frame.
+
+    One pass over the file's frames: from the last keyframe shown at or before `start` (the
+    file's start if none) to just after the last frame shown at or before `end`. `head >= tail`
+    when the file shows nothing of the range.
+    """
+    found = frames(data)
+    if not found:
+        return 0, 0
+    origin = found[0].pts
+    head, last = 0, None
+    for index, frame in enumerate(found):
+        shown = signed(frame.pts, origin)
+        if frame.key and shown <= start + _EPSILON:
+            head = frame.offset
+        if shown <= end + _EPSILON:
+            last = index
+    if last is None:
+        return 0, 0
+    tail = found[last + 1].offset if last + 1 < len(found) else len(data) - len(data) % PACKET
+    return head, tail

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from halfbridge.cli import probe_main
-from halfbridge.media import ProbeError, probe_video, redact
+from halfbridge.media import ProbeError, log_line, probe_video, record_command, redact
+from halfbridge.recorder import Recorder, RecorderConfig, Run
 from tests.support.media import make_clip
 
 
@@ -42,26 +47,77 @@ def test_cli_prints_json(clip, capsys):
     assert probe_main(["/nonexistent.ts"]) == 1
 
 
-@pytest.fixture(scope="module")
-def clip_with_alaw(tmp_path_factory) -> str:
-    return make_clip(tmp_path_factory.mktemp("media") / "alaw.mkv", audio_codec="pcm_alaw")
+def ffmpeg_run(command: list[str]) -> tuple[int, list[str]]:
+    environment = {"TZ": "UTC", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=environment)
+    return done.returncode, done.stderr.splitlines()
 
 
-def test_audio_that_mpegts_cannot_carry_is_dropped_with_a_log_line(clip_with_alaw, tmp_path, caplog):
-    from halfbridge.recorder import Recorder, RecorderConfig
+def fed(recorder, lines: list[str]) -> Run:
+    """A recorder's view of one ffmpeg run whose stderr was `lines`."""
+    run = Run(process=None, started=0.0, list_path=Path("/nonexistent"))
+    for line in lines:
+        recorder._on_stderr(run, line + "\n")
+    return run
 
-    config = RecorderConfig(camera="cam-01", url=clip_with_alaw, store_root=tmp_path / "s", state_dir=tmp_path / "t")
+
+@pytest.mark.parametrize("audio_codec", ["aac", "pcm_alaw"])
+def test_a_cameras_sound_is_left_behind_and_named_once(tmp_path, audio_codec, caplog):
+    """Video-protection records images: no audio stream reaches a segment, and the status says what was dropped."""
+    clip = make_clip(tmp_path / "camera.mkv", seconds=2, audio_codec=audio_codec)
+    config = RecorderConfig(camera="cam-01", url=clip, store_root=tmp_path / "s", state_dir=tmp_path / "t")
     recorder = Recorder(config)
-    with caplog.at_level("WARNING"):
-        assert recorder.decide_audio() is False
-    assert "audio in pcm_alaw cannot be carried in MPEG-TS; recording the video only" in caplog.text
-    assert recorder.audio_note.startswith("dropped")
+    pattern = str(tmp_path / "%Y%m%dT%H%M%SZ.ts")
+    code, stderr = ffmpeg_run(record_command(clip, pattern, str(tmp_path / "list.csv"), 60))
+    assert code == 0, stderr
+    run = fed(recorder, stderr)
+    assert run.first_error is None
+    assert run.video.startswith("h264") and "320x180" in run.video
+    assert run.audio == [audio_codec]
+    with caplog.at_level("INFO"):
+        recorder.streams_listed(run)
+        recorder.streams_listed(run)
+    assert caplog.text.count(f"its sound ({audio_codec}) is not recorded") == 1
+    recorder.write_status()
+    status = json.loads((tmp_path / "t" / "cam-01.status.json").read_text())
+    assert status["audio"] == f"dropped ({audio_codec})" and status["video"].startswith("h264")
+    for segment in tmp_path.glob("*.ts"):
+        found = subprocess.run(
+            ["ffprobe", "-v", "error", "-show_entries", "stream=codec_type", "-of", "json", str(segment)],
+            capture_output=True, text=True, check=True, timeout=30,
+        ).stdout  # fmt: skip
+        assert [s["codec_type"] for s in json.loads(found)["streams"]] == ["video"], segment
+
+
+def test_the_reason_given_is_ffmpegs_first_error_not_its_last_line(tmp_path):
+    """A camera that sends no picture: ffmpeg refuses it, and says why first, then what to try."""
+    sound_only = tmp_path / "sound.mka"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine", "-t", "1", str(sound_only)], check=True, timeout=30
+    )
+    config = RecorderConfig(camera="cam-01", url=str(sound_only), store_root=tmp_path / "s", state_dir=tmp_path / "t")
+    recorder = Recorder(config)
+    code, stderr = ffmpeg_run(record_command(str(sound_only), str(tmp_path / "x.ts"), str(tmp_path / "l.csv"), 60))
+    assert code != 0
+    assert "matches no streams" not in stderr[-1], "ffmpeg's last line is only advice"
+    run = fed(recorder, stderr)
+    assert run.first_error == "Stream map '0:v:0' matches no streams."
+    assert run.video is None and run.audio
+
+
+def test_ffmpeg_log_lines_are_parsed_with_their_level_and_component():
+    line = log_line("[tcp @ 0x561e96a8c840] [error] Connection to tcp://127.0.0.1:9 failed: Connection refused")
+    assert (line.level, line.is_error) == ("error", True)
+    assert line.text == "tcp: Connection to tcp://127.0.0.1:9 failed: Connection refused"
+    assert log_line("To ignore this, add a trailing '?' to the map.").level == ""
+    stream = log_line("[info]   Stream #0:1[0x101]: Audio: pcm_alaw, 8000 Hz, mono, s16, 64 kb/s").input_stream
+    assert stream == ("audio", "pcm_alaw", "pcm_alaw, 8000 Hz, mono, s16, 64 kb/s")
 
 
 def test_record_command_keeps_credentials_off_the_command_line():
     from halfbridge.media import ffconcat_text, record_command
 
-    command = record_command("/run/cam.ffconcat", "/srv/r/cam/%Y/%m/%d/%Y%m%dT%H%M%SZ.ts", "/s/l.csv", 60, False)
+    command = record_command("/run/cam.ffconcat", "/srv/r/cam/%Y/%m/%d/%Y%m%dT%H%M%SZ.ts", "/s/l.csv", 60)
     assert command[:4] == ["ffmpeg", "-f", "concat", "-protocol_whitelist"]
     assert "-c" in command and command[command.index("-c") + 1] == "copy"
     assert command[command.index("-map") + 1] == "0:v:0" and command.count("-map") == 1

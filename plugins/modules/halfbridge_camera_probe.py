@@ -54,9 +54,9 @@ EXAMPLES = r"""
     ansible_python_interpreter: /opt/halfbridge/venv/bin/python
   register: probe
 
-- name: Refuse a camera that is not H.264
+- name: Refuse a camera that sends neither H.264 nor H.265
   ansible.builtin.assert:
-    that: not probe.reachable or probe.codec == 'h264'
+    that: not probe.reachable or probe.codec in ['h264', 'hevc']
 """
 
 RETURN = r"""

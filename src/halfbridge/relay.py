@@ -10,10 +10,15 @@ the keyframe at or before the asked start (see `halfbridge.ts`). Every request,
 accepted or refused, and every flow's start and end go to the audit log.
 
     GET /v1/cameras                                  the referential, with recording status
-    GET /v1/cameras/{id}/live                        MPEG-TS, one quota slot while open
+    GET /v1/cameras/{id}/live[?format=]              a live stream, one quota slot while open
     GET /v1/cameras/{id}/recordings?from=&to=        recorded spans and gaps of a range
-    GET /v1/cameras/{id}/playback?from=&to=[&pace=fast]   MPEG-TS of a range, one slot while open
+    GET /v1/cameras/{id}/playback?from=&to=[&pace=fast][&format=]   a range, one slot while open
     GET /v1/flows                                    the slots in use
+
+Flows are MPEG-TS (`video/mp2t`, the default) or fragmented MP4 (`video/mp4`,
+`?format=mp4` or `Accept: video/mp4`): both carry the same frames, copied; MP4
+opens with the codec's parameters, so a player shows the first picture at once
+(see `halfbridge.fmp4`).
 
 Errors are RFC 9457 problem+json with a sentence. Health and metrics listen on
 the management side, on another address.
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import ssl
@@ -36,13 +42,14 @@ from aiohttp import web
 
 from halfbridge.audit import DEFAULT_SOCKET, AuditClient, AuditError, clean_text
 from halfbridge.config import load_or_exit
+from halfbridge.fmp4 import Fmp4Error, Remuxer
 from halfbridge.folding import Folder
 from halfbridge.interconnect import Interconnect, Suspension
 from halfbridge.metrics import exposition, family, gauge
 from halfbridge.quotad import AsyncQuotaClient, QuotaError
-from halfbridge.store import CAMERA_ID_RE, Segment, Store, iso, spans
+from halfbridge.store import CAMERA_ID_RE, Segment, Store, iso, playback_from, spans
 from halfbridge.tls import TLSSite, Trust, describe, server_context
-from halfbridge.ts import TsError, end_offset, start_offset, tables
+from halfbridge.ts import TsError, cut, tables
 
 log = logging.getLogger("halfbridge.relay")
 
@@ -53,8 +60,14 @@ LIVE_READ = 1 << 20
 LIVE_SILENCE = 30.0
 # Real-time playback sends up to this many seconds of recording ahead of the clock.
 PACE_LEAD = 1.0
+# With B-frames a frame can be shown up to this long before the keyframe that opens its segment
+# (open GOP) or after the next segment starts: playback looks this far around a range for them.
+REORDER = 2.0
+# A recorder's status file is a few hundred bytes; more is not read.
+STATUS_MAX = 16384
 PROBLEM = "application/problem+json"
 TS_TYPE = "video/mp2t"
+MP4_TYPE = "video/mp4"
 
 
 @dataclass
@@ -67,6 +80,8 @@ class RelayConfig:
     store_root: Path
     quotad_socket: Path
     live_dir: Path  # the recorders' live sockets, CAMERA.sock (halfbridge.live)
+    # The recorders' status files (CAMERA.status.json): /v1/cameras says why a camera is not recorded.
+    recorder_state_dir: Path | None = None
     cameras: list[dict] = field(default_factory=list)  # id, name, site
     management_host: str = "127.0.0.1"
     management_port: int = 9108
@@ -98,7 +113,7 @@ class RelayConfig:
     def load(cls, path: str | os.PathLike) -> RelayConfig:
         paths = ("tls_certificate", "tls_key", "tls_client_ca", "store_root", "quotad_socket")
         required = ("listen_host", "listen_port", *paths, "live_dir")
-        paths += ("live_dir", "interconnect_state", "crl_dir", "audit_socket")
+        paths += ("live_dir", "recorder_state_dir", "interconnect_state", "crl_dir", "audit_socket")
         config = load_or_exit(cls, "halfbridge-relay", path, required, paths)
         for camera in config.cameras:
             if not isinstance(camera, dict) or not CAMERA_ID_RE.match(str(camera.get("id"))):
@@ -173,6 +188,40 @@ def parse_time(name: str, text: str | None) -> float:
             f"`{name}` has no time zone ({text[:40]!r}): add Z for UTC or an offset such as +01:00",
         )
     return moment.timestamp()
+
+
+def stream_format(request: web.Request) -> str:
+    """`ts` or `mp4`: `?format=` if given, else MP4 when `Accept` prefers video/mp4 to video/mp2t."""
+    asked = request.query.get("format")
+    if asked is not None:
+        if asked not in ("ts", "mp4"):
+            raise Problem(400, "malformed-request", "`format` is ts (MPEG-TS, the default) or mp4 (fragmented MP4)")
+        return asked
+    weights = {}
+    for item in request.headers.get("Accept", "")[:1024].split(",")[:32]:
+        kind, _, parameters = item.strip().partition(";")
+        weight = 1.0
+        for parameter in parameters.split(";"):
+            name, _, value = parameter.strip().partition("=")
+            if name == "q":
+                try:
+                    weight = max(0.0, min(1.0, float(value)))
+                except ValueError:
+                    weight = 0.0
+        weights[kind.strip().lower()] = max(weight, weights.get(kind.strip().lower(), 0.0))
+    return "mp4" if weights.get(MP4_TYPE, 0.0) > weights.get(TS_TYPE, 0.0) else "ts"
+
+
+async def as_mp4(source, remuxer: Remuxer, camera_id: str):
+    """The MPEG-TS chunks of `source` as fragmented MP4: the init segment, then each complete frame."""
+    try:
+        async for chunk in source:
+            if out := remuxer.feed(chunk):
+                yield out
+        if out := remuxer.flush():
+            yield out
+    except Fmp4Error as exc:
+        log.warning("camera %s: its stream cannot be sent as MP4 (%s); the flow ends", camera_id, exc)
 
 
 def _utc(moment: dt.datetime | None) -> str:
@@ -447,10 +496,30 @@ class Relay:
                     "site": camera.get("site", ""),
                     "recording": recording,
                     "last_recorded": iso(last),
+                    **await asyncio.to_thread(self._recorder_status, camera_id),
                 }
             )
         await self._record(request, 200)
         return web.json_response({"cameras": listed})
+
+    def _recorder_status(self, camera_id: str) -> dict:
+        """What the camera's recorder says: its state, since when it is down, and why (ffmpeg's first error)."""
+        if self.config.recorder_state_dir is None:
+            return {}
+        try:
+            with (self.config.recorder_state_dir / f"{camera_id}.status.json").open("rb") as handle:
+                status = json.loads(handle.read(STATUS_MAX))
+        except FileNotFoundError:
+            return {"state": "unknown", "last_error": "its recorder has not started"}
+        except (OSError, ValueError) as exc:
+            log.warning("camera %s: unreadable recorder status: %s", camera_id, exc)
+            return {"state": "unknown", "last_error": "its recorder's status is unreadable"}
+        if not isinstance(status, dict):
+            return {"state": "unknown", "last_error": "its recorder's status is unreadable"}
+        limits = {"state": 32, "since": 32, "last_error": 512, "video": 256, "audio": 128}
+        shown = {key: clean_text(str(status[key]), limit) if status.get(key) else None for key, limit in limits.items()}
+        shown["down_since"] = shown.pop("since")
+        return shown
 
     def _last_end(self, camera_id: str) -> float | None:
         for day in reversed(self.store.days(camera_id)[-2:]):
@@ -461,6 +530,10 @@ class Relay:
 
     def _segments(self, camera_id: str, start: float, end: float) -> list[Segment]:
         return [segment for _day, segment in self.store.segments(camera_id, start, end)]
+
+    def _playback_segments(self, camera_id: str, start: float, end: float) -> list[Segment]:
+        found = [segment for _day, segment in self.store.segments(camera_id, start - REORDER, end + REORDER)]
+        return playback_from(found, start)
 
     def _gaps(self, segments: list[Segment], start: float, end: float) -> tuple[list, list]:
         tolerance = max(1.0, self.config.segment_seconds * 0.05)
@@ -506,7 +579,8 @@ class Relay:
 
     async def live(self, request: web.Request) -> web.StreamResponse:
         camera = self._camera(request)
-        return await self._flow(request, camera, "live", {}, self._live_source(camera))
+        container = stream_format(request)
+        return await self._flow(request, camera, "live", {"format": container}, self._live_source(camera))
 
     async def playback(self, request: web.Request) -> web.StreamResponse:
         camera = self._camera(request)
@@ -514,8 +588,9 @@ class Relay:
         pace = request.query.get("pace", "realtime")
         if pace not in ("realtime", "fast"):
             raise Problem(400, "malformed-request", "`pace` is realtime (the default) or fast (for an export)")
-        segments = await asyncio.to_thread(self._segments, camera["id"], start, end)
-        if not segments:
+        container = stream_format(request)
+        segments = await asyncio.to_thread(self._playback_segments, camera["id"], start, end)
+        if not any(segment.end > start and segment.start < end for segment in segments):
             raise Problem(
                 404, "no-recording", f"camera {camera['id']} recorded nothing from {iso(start)} to {iso(end)}"
             )
@@ -524,7 +599,7 @@ class Relay:
             "X-Halfbridge-Spans": ", ".join(f"{iso(a)}/{iso(b)}" for a, b in found),
             "X-Halfbridge-Gaps": ", ".join(f"{iso(a)}/{iso(b)}" for a, b in gaps) or "none",
         }
-        fields = {"range": [iso(start), iso(end)], "pace": pace, "gaps": len(gaps)}
+        fields = {"range": [iso(start), iso(end)], "pace": pace, "gaps": len(gaps), "format": container}
         source = self._recorded_source(camera["id"], segments, start, end, pace == "realtime")
         return await self._flow(request, camera, "playback", fields, source, headers)
 
@@ -554,16 +629,19 @@ class Relay:
             "task": asyncio.current_task(),
         }
         ended = "the client went away"
+        remuxer = Remuxer() if fields.get("format") == "mp4" else None
+        chunks = source if remuxer is None else as_mp4(source, remuxer, camera["id"])
         try:
             try:
                 await self._audit("flow.start", request, camera=camera["id"], mode=mode, lease=lease, **fields)
             except AuditError as exc:
                 raise _unrecorded(exc) from None
             self.metrics.flows[mode] += 1
-            async for chunk in source:
+            async for chunk in chunks:
                 if response is None:
+                    kind = TS_TYPE if remuxer is None else remuxer.content_type
                     response = web.StreamResponse(
-                        headers={"Content-Type": TS_TYPE, "Cache-Control": "no-store", **(headers or {})}
+                        headers={"Content-Type": kind, "Cache-Control": "no-store", **(headers or {})}
                     )
                     await response.prepare(request)
                 if renewer.done():
@@ -589,6 +667,8 @@ class Relay:
             raise
         finally:
             renewer.cancel()
+            with contextlib.suppress(Exception):
+                await chunks.aclose()
             with contextlib.suppress(Exception):
                 await source.aclose()
             ended = self.open_flows.pop(lease, {}).get("cut", ended)
@@ -673,7 +753,8 @@ class Relay:
             writer.close()
 
     async def _recorded_source(self, camera_id: str, segments: list[Segment], start: float, end: float, realtime: bool):
-        """The recorded bytes of [start, end): the first segment from its keyframe at or before `start`.
+        """The recorded bytes of [start, end]: from the keyframe at or before `start` to the last frame
+        shown at or before `end` (see `halfbridge.ts.cut`), across segments.
 
         Paced at each segment's own bitrate (bytes over its duration) unless `realtime` is false.
         """
@@ -688,8 +769,10 @@ class Relay:
                 log.warning("playback %s: %s is gone (destroyed by retention?), skipped", camera_id, segment.name)
                 continue
             try:
-                head = start_offset(data, start - segment.start) if segment.start < start else 0
-                tail = end_offset(data, end - segment.start) if segment.end > end else len(data)
+                inside = segment.start > start + REORDER and segment.end < end - REORDER
+                head, tail = (0, len(data)) if inside else cut(data, start - segment.start, end - segment.start)
+                if head >= tail:
+                    continue  # looked up around the range, shows nothing of it
                 prefix = tables(data) if first and head else b""
             except TsError as exc:
                 log.warning("playback %s: %s is not readable MPEG-TS (%s), skipped", camera_id, segment.name, exc)

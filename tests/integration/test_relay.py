@@ -8,6 +8,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import tempfile
 import time
 import urllib.parse
 
@@ -119,6 +120,55 @@ def test_live_flow_yields_h264_at_once_and_frees_its_slot(lab, camera):
     assert end["mode"] == "live" and end["agent"] == "agent-dupont" and end["bytes"] >= 150_000
 
 
+def shown_frames(data: bytes, suffix: str) -> list[float]:
+    """The presentation times of the frames a player decodes from `data`, from the first."""
+    with tempfile.NamedTemporaryFile(suffix=suffix) as handle:
+        handle.write(data)
+        handle.flush()
+        done = subprocess.run(
+            ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "frame=pts_time", "-of", "csv=p=0",
+             handle.name],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+    times = sorted(float(t.strip(",")) for t in done.stdout.split() if t.strip(",") not in ("", "N/A"))
+    return [round(t - times[0], 3) for t in times]
+
+
+def test_live_comes_as_fragmented_mp4_that_a_player_opens_at_once(lab, camera):
+    response = lab.open(f"/v1/cameras/{camera.id}/live", headers={"Accept": "video/mp4, video/mp2t;q=0.5"})
+    try:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith('video/mp4; codecs="avc1.')
+        data = response.read1(65536)
+        # The init segment first (the codec's parameters), then the fragments from the last keyframe.
+        assert data[4:8] == b"ftyp" and data[int.from_bytes(data[:4], "big") + 4 :][:4] == b"moov"
+        while len(data) < 150_000:
+            data += response.read1(65536)
+    finally:
+        response.close()
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,width,height", "-of", "csv=p=0", "pipe:0"],
+        input=data, capture_output=True, timeout=30, check=True,
+    )  # fmt: skip
+    assert probe.stdout.decode().strip().startswith("h264,640,360")
+    wait_for(lambda: QuotaClient(lab.socket).leases()["in_use"] == 0, 10, "the live flow's slot to be released")
+    end = wait_for(lambda: [e for e in lab.audit() if e["event"] == "flow.end"], 10, "the flow.end entry")[0]
+    assert end["format"] == "mp4"
+
+
+def test_a_playback_as_mp4_carries_the_same_frames_as_mpeg_ts(lab):
+    second = lab.segments[1]
+    path = f"/v1/cameras/{RECORDED}/playback?from={when(second.start + 0.5)}&to={when(second.end + 1)}&pace=fast"
+    as_ts, as_mp4 = lab.get(path), lab.get(path + "&format=mp4")
+    assert (as_ts.status, as_mp4.status) == (200, 200)
+    assert as_ts.headers["Content-Type"] == "video/mp2t" and as_mp4.headers["Content-Type"].startswith("video/mp4")
+    # The same frames (these test segments are separate clips whose times all start alike: MP4 lays them end
+    # to end, MPEG-TS keeps each one's own times).
+    in_mp4, in_ts = shown_frames(as_mp4.body, ".mp4"), shown_frames(as_ts.body, ".ts")
+    assert len(in_mp4) == len(in_ts) == 50 + 25 + 1  # from the second's first keyframe to 1 s into the third
+    assert in_mp4 == [round(i / 25, 3) for i in range(len(in_mp4))]
+
+
 def test_live_flows_share_the_recorders_camera_session(lab, camera):
     flows = [lab.open(f"/v1/cameras/{camera.id}/live") for _ in range(3)]
     try:
@@ -190,7 +240,9 @@ def test_playback_paces_at_real_time_by_default(lab):
     answer = lab.get(f"/v1/cameras/{RECORDED}/playback?from={when(first.start)}&to={when(first.end + 2)}")
     elapsed = time.monotonic() - began
     assert answer.status == 200
-    assert set(map(level_of, grey_levels(answer.body))) == {LEVELS[3], LEVELS[4]}
+    levels = list(map(level_of, grey_levels(answer.body)))
+    # Every frame shown at or before `to`: the next segment's first one is shown exactly then.
+    assert set(levels) - {LEVELS[5]} == {LEVELS[3], LEVELS[4]} and levels.count(LEVELS[5]) <= 1
     assert elapsed >= 4.0 - 1.0  # 4 s of recording, sent at most a second ahead
 
 
@@ -357,6 +409,12 @@ def test_cameras_flows_metrics_and_an_intact_audit_chain(lab, camera):
     cameras = {c["id"]: c for c in lab.get("/v1/cameras").json()["cameras"]}
     assert cameras[RECORDED]["recording"] is False  # its last segment ended minutes ago
     assert set(cameras) == {camera.id, RECORDED}
+    # What each recorder says: the simulated camera is recorded; the other has no recorder.
+    wait_for(lambda: lab.get("/v1/cameras").json()["cameras"][0]["state"] == "recording", 10, "the recorder's report")
+    cameras = {c["id"]: c for c in lab.get("/v1/cameras").json()["cameras"]}
+    assert cameras[camera.id]["last_error"] is None
+    assert cameras[camera.id]["video"].startswith("h264") and cameras[camera.id]["audio"] == "none"
+    assert (cameras[RECORDED]["state"], cameras[RECORDED]["last_error"]) == ("unknown", "its recorder has not started")
     flow = lab.open(_long_playback(lab))
     try:
         flows = lab.get("/v1/flows").json()

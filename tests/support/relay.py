@@ -63,6 +63,7 @@ class RelayLab:
                     "quotad_socket": str(self.socket),
                     "audit_socket": str(self.auditd.socket),
                     "live_dir": str(workdir / "live"),
+                    "recorder_state_dir": str(workdir / "recorder"),
                     "cameras": cameras,
                     "renew_seconds": 1,
                     "segment_seconds": 2,
@@ -154,14 +155,16 @@ class RelayLab:
     def connect(self, certificate: bool | tuple[Path, Path] = True, timeout: float = 20) -> http.client.HTTPSConnection:
         return http.client.HTTPSConnection("127.0.0.1", self.port, context=self.context(certificate), timeout=timeout)
 
-    def open(self, path: str, certificate: bool | tuple[Path, Path] = True) -> http.client.HTTPResponse:
+    def open(
+        self, path: str, certificate: bool | tuple[Path, Path] = True, headers: dict | None = None
+    ) -> http.client.HTTPResponse:
         """A request whose body is left to read (a flow); close the response to end the flow."""
         connection = self.connect(certificate)
-        connection.request("GET", path)
+        connection.request("GET", path, headers=headers or {})
         return connection.getresponse()
 
-    def get(self, path: str, certificate: bool | tuple[Path, Path] = True) -> Answer:
-        response = self.open(path, certificate)
+    def get(self, path: str, certificate: bool | tuple[Path, Path] = True, headers: dict | None = None) -> Answer:
+        response = self.open(path, certificate, headers)
         try:
             return Answer(response.status, dict(response.headers), response.read())
         finally:

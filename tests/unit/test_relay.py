@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
 
-from halfbridge.relay import Problem, Relay, RelayConfig, parse_time
+from halfbridge.relay import Problem, Relay, RelayConfig, parse_time, stream_format
 
 
 @pytest.mark.parametrize(
@@ -103,3 +104,27 @@ def test_a_designated_agent_with_the_right_certificate_comes_in(tmp_path):
     assert without_policies._refusal(_who(policies=())) is None
     nobody = _relay(tmp_path)
     assert nobody._refusal(_who()).kind == "not-designated"
+
+
+@pytest.mark.parametrize(
+    ("query", "accept", "chosen"),
+    [
+        ("", "", "ts"),
+        ("", "*/*", "ts"),
+        ("", "video/mp4", "mp4"),
+        ("", "video/mp2t, video/mp4;q=0.9", "ts"),
+        ("", "video/mp4;q=0.8, video/mp2t;q=0.5", "mp4"),
+        ("", "video/mp4;q=zero", "ts"),
+        ("?format=mp4", "video/mp2t", "mp4"),
+        ("?format=ts", "video/mp4", "ts"),
+    ],
+)
+def test_the_stream_format_is_chosen_by_the_query_then_accept(query, accept, chosen):
+    request = make_mocked_request("GET", f"/v1/cameras/cam/live{query}", headers={"Accept": accept})
+    assert stream_format(request) == chosen
+
+
+def test_an_unknown_stream_format_is_a_400():
+    with pytest.raises(Problem) as refused:
+        stream_format(make_mocked_request("GET", "/v1/cameras/cam/live?format=avi"))
+    assert refused.value.status == 400 and "fragmented MP4" in refused.value.detail

@@ -55,7 +55,7 @@ def main() -> int:
             config.write_text(
                 json.dumps(
                     {"camera": camera.id, "url": camera.url, "store_root": str(work / "ours"),
-                     "state_dir": str(work / "state"), "segment_seconds": 10, "keep_audio": False,
+                     "state_dir": str(work / "state"), "segment_seconds": 10,
                      "live_socket": str(work / "live.sock")}
                 )
             )  # fmt: skip

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from tests.support.inventory import ROOT
 
@@ -39,30 +40,45 @@ class Camera:
     """Start, stop and restart one simulated camera (as `systemctl stop` does in the lab)."""
 
     def __init__(self, workdir: Path, camera_id: str = "cam-test-01", **settings) -> None:
+        """`settings` are the simulator's (codec, profile, audio, auth, shared, width, fps...)."""
         self.port = free_port()
         self.id = camera_id
         self.username, self.password = "recorder", "s3cret-camera"
+        self.settings = {"id": camera_id, "port": self.port, "address": "127.0.0.1", "username": self.username,
+                         "password": self.password, "fps": 25, "keyframe_interval": 25, **settings}  # fmt: skip
         self.config = workdir / f"{camera_id}.camsim.json"
-        self.config.write_text(
-            json.dumps(
-                {"id": camera_id, "port": self.port, "address": "127.0.0.1", "username": self.username,
-                 "password": self.password, "fps": 25, "keyframe_interval": 25, **settings}
-            )
-        )  # fmt: skip
+        self.config.write_text(json.dumps(self.settings))
+        self.log = workdir / f"{camera_id}.camsim.log"
         self.process: subprocess.Popen | None = None
 
     @property
+    def auth(self) -> str:
+        """`basic` or `digest`: ffmpeg answers either from the URL's user:password@."""
+        return self.settings.get("auth", "basic")
+
+    @property
     def url(self) -> str:
-        return f"rtsp://{self.username}:{self.password}@127.0.0.1:{self.port}/stream"
+        """The camera's URL with its credentials (user:password@), whatever its authentication scheme."""
+        return self.url_as(self.username, self.password)
+
+    @property
+    def bare_url(self) -> str:
+        """The camera's URL without credentials (what the camera answers 401 to)."""
+        return f"rtsp://127.0.0.1:{self.port}/stream"
+
+    def url_as(self, username: str, password: str) -> str:
+        """The camera's URL with other credentials, percent-encoded (a wrong password, another user)."""
+        return f"rtsp://{quote(username, safe='')}:{quote(password, safe='')}@127.0.0.1:{self.port}/stream"
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            [str(CAMSIM), str(self.config)],
-            env={"TZ": "UTC", "PATH": "/usr/bin:/bin"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_listening(self.port, self.process, f"the simulated camera {self.id}", timeout=15)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(CAMSIM), str(self.config)],
+                env={"TZ": "UTC", "PATH": "/usr/bin:/bin"},
+                stdout=log,
+                stderr=log,
+            )
+        wait_listening(self.port, self.process, f"the simulated camera {self.id}", timeout=15, log=self.log)
 
     def stop(self) -> None:
         if self.process is not None:

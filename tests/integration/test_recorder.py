@@ -19,6 +19,7 @@ import pytest
 from halfbridge.audit import query
 from halfbridge.store import Store, segment_time, spans
 from tests.support.auditd import Auditd
+from tests.support.camera import Camera
 from tests.support.waiting import wait_for
 
 FRAME = 1 / 25  # the simulated cameras run at 25 fps
@@ -203,3 +204,63 @@ def test_ffmpeg_never_sees_the_camera_password_on_its_command_line(recorder, cam
     assert camera.password.encode() not in own
     playlist = recorder.state_dir / f"{camera.id}.ffconcat"
     assert playlist.stat().st_mode & 0o077 == 0, "the playlist holding the password is private"
+
+
+@pytest.mark.parametrize(
+    ("settings", "codec", "sound"),
+    [
+        ({"profile": "high", "audio": "aac"}, "h264", "dropped (aac)"),
+        ({"codec": "h265", "profile": "main", "audio": "g711", "auth": "digest"}, "hevc", "dropped (pcm_alaw)"),
+    ],
+    ids=["h264-high-bframes-aac", "h265-open-gop-g711-digest"],
+)
+def test_every_stream_profile_is_recorded_whole_without_its_sound(tmp_path, camsim_available, settings, codec, sound):
+    """B-frames, an open GOP, sound, digest authentication: recorded contiguous, decodable, picture only."""
+    camera = Camera(tmp_path, "cam-profile-01", **settings)
+    camera.start()
+    recorder = RecorderProcess(tmp_path, camera)
+    try:
+        recorder.start()
+        recorder.wait_for(lambda: len(recorder.segments()) >= 3, 45, "3 segments")
+    finally:
+        recorder.stop()
+        camera.stop()
+        recorder.auditd.stop()
+    segments = sorted(recorder.segments())
+    for seg in segments:
+        path = recorder.path(seg)
+        decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True)
+        assert decoded.returncode == 0 and not decoded.stderr, (seg.name, decoded.stderr[-500:])
+        kinds = subprocess.run(
+            ["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,codec_name", "-of", "json", str(path)],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+        assert [(s["codec_type"], s["codec_name"]) for s in json.loads(kinds)["streams"]] == [("video", codec)]
+    for before, after in itertools.pairwise(segments):
+        # No frame lost between two segments, in the order frames are shown.
+        shown_before, shown_after = packets(recorder.path(before)), packets(recorder.path(after))
+        end = max(pts + duration for pts, duration in shown_before)
+        assert abs(min(pts for pts, _ in shown_after) - end) <= FRAME + 1e-3, (before.name, after.name)
+    status = recorder.status()
+    assert status["audio"] == sound and status["video"].startswith(codec), status
+
+
+def test_a_camera_whose_stream_ffmpeg_refuses_says_ffmpegs_first_error(tmp_path, camsim_available):
+    """A camera that sends sound and no picture: the status and the history say why, in ffmpeg's first words."""
+    camera = Camera(tmp_path, "cam-sound-01", codec="none", audio="aac")
+    camera.start()
+    recorder = RecorderProcess(tmp_path, camera)
+    try:
+        recorder.start()
+        status = recorder.wait_for(
+            lambda: (s := recorder.status()).get("state") == "down" and s, 20, "the recorder to report the camera down"
+        )
+    finally:
+        recorder.stop()
+        camera.stop()
+        recorder.auditd.stop()
+    assert status["last_error"] == "Stream map '0:v:0' matches no streams.", status
+    assert status["video"] is None
+    events = list(query(recorder.auditd.files(), event="recorder.down"))
+    assert events and events[0]["reason"] == status["last_error"]
+    assert "Stream map '0:v:0' matches no streams." in recorder.log.read_text()

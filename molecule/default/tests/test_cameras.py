@@ -1,4 +1,4 @@
-"""From the gateway, every camera of the referential answers a real ffprobe."""
+"""From the gateway, every camera of the referential answers a real ffprobe (digest or basic authentication)."""
 
 from __future__ import annotations
 
@@ -25,13 +25,13 @@ def probe(gw, url: str) -> dict:
     return json.loads(result.stdout)["streams"][0]
 
 
-def test_every_camera_answers_h264_at_its_configured_resolution(lab_host, cameras):
+def test_every_camera_answers_its_codec_at_its_configured_resolution(lab_host, cameras):
     gw, cams = lab_host("gw"), lab_host("cams")
     assert cameras, "the lab referential lists no camera"
     for camera in cameras:
         configured = json.loads(cams.file(f"/etc/halfbridge-camsim/{camera['id']}.json").content_string)
         stream = probe(gw, with_credentials(camera["rtsp_url"], camera["username"], camera["password"]))
-        assert stream["codec_name"] == "h264", camera["id"]
+        assert stream["codec_name"] == {"h264": "h264", "h265": "hevc"}[configured.get("codec", "h264")], camera["id"]
         assert (stream["width"], stream["height"]) == (configured["width"], configured["height"]), camera["id"]
         assert stream["avg_frame_rate"] == f"{configured['fps']}/1", camera["id"]
 

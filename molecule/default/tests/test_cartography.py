@@ -37,7 +37,7 @@ def test_exports_parse_the_diff_names_changes_and_an_unchanged_run_sends_nothing
         {**cameras[0], "lat": cameras[0]["lat"] + 0.001},
         *cameras[1:],
         {"id": "ver-parc-04", "name": "Parc de Clagny", "site": "Versailles", "address": "Rue de Clagny",
-         "lat": 48.8099, "lon": 2.1334, "rtsp_url": "rtsp://198.18.10.20:8557/stream"},
+         "lat": 48.8099, "lon": 2.1334, "rtsp_url": "rtsp://198.18.10.20:8560/stream"},
     ]  # fmt: skip
     before = len(sent(pp))
     done = play({"halfbridge_cameras": changed})

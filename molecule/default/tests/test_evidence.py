@@ -6,7 +6,6 @@ From `pp`, over the interconnect, as the PP or an attacker among its addresses w
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import shlex
@@ -15,6 +14,7 @@ import time
 import pytest
 
 from tests.support.inventory import host_var
+from tests.support.lab import put
 from tests.support.pki import hostile_self_signed
 from tests.support.waiting import wait_for
 
@@ -41,16 +41,12 @@ def entries(gw, since: float) -> list[dict]:
     return [e for e in found if dt.datetime.fromisoformat(e["time"]).timestamp() >= since]
 
 
-def put(host, path: str, data: bytes) -> None:
-    host.check_output(f"echo {base64.b64encode(data).decode()} | base64 -d > {path} && chmod 0600 {path}")
-
-
 def test_a_giant_hostile_subject_is_one_bounded_entry_and_everything_goes_on(lab_host, cameras, base):
     gw, pp = lab_host("gw"), lab_host("pp")
     since = float(gw.check_output("date +%s.%N"))
     crt, key = hostile_self_signed()
-    put(pp, "/tmp/giant.crt", crt)
-    put(pp, "/tmp/giant.key", key)
+    put(pp, "/tmp/giant.crt", crt, mode="0600")
+    put(pp, "/tmp/giant.key", key, mode="0600")
     refused = curl(pp, f"{base}/v1/cameras", stem="/tmp/giant")
     assert refused.rc != 0  # refused in the handshake
     found = wait_for(

@@ -107,13 +107,13 @@ def test_from_the_gateway_only_the_cameras_rtsp_ports_are_reachable(lab_host, ca
         assert probe(gw, address, [port]) == {port: "open"}, (address, port)
     camera_host = min(endpoints)[0]
     before = dropped(gw, "output")
-    others = probe(gw, camera_host, [22, 80, 554, 8557, 9000], wait=2)
+    others = probe(gw, camera_host, [22, 80, 554, 8599, 9000], wait=2)
     # Nothing reached the camera host (it would answer a closed port with a reset: "refused").
     assert set(others.values()) <= {"timeout", "EPERM"}, others
     assert set(probe(gw, "198.18.10.30", [8554], wait=2).values()) <= {"timeout", "EPERM"}
     assert dropped(gw, "output") - before >= 6
     time.sleep(1)
-    assert f"DST={camera_host} " in gw.check_output(f"grep -a 'halfbridge drop out:.* DPT=8557 ' {LOG} || true")
+    assert f"DST={camera_host} " in gw.check_output(f"grep -a 'halfbridge drop out:.* DPT=8599 ' {LOG} || true")
 
 
 def test_the_management_network_reaches_health_and_metrics(lab_host, gw_addresses):

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from halfbridge import ts
 from tests.support.inventory import host_var
+from tests.support.lab import put
 from tests.support.waiting import wait_for
 
 AGENT = "/etc/halfbridge-pp"
@@ -94,15 +95,6 @@ def sign_crl(revoked: list[str], last_update: dt.datetime, next_update: dt.datet
         entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(last_update).build()
         builder = builder.add_revoked_certificate(entry)
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
-
-
-def put(host, path: str, data: bytes, owner: str = "root", mode: str = "0644") -> None:
-    """Write `data` beside `path` and rename it over (as halfbridge-crl does)."""
-    encoded = base64.b64encode(data).decode()
-    host.check_output(
-        f"echo {encoded} | base64 -d > {path}.new && chown {owner}: {path}.new && chmod {mode} {path}.new"
-        f" && mv {path}.new {path}"
-    )
 
 
 def refresh(gw) -> str:
@@ -182,7 +174,7 @@ def test_an_expired_crl_refuses_everyone_and_a_fresh_one_lets_them_back_without_
     # What the gateway would hold had the PP's distribution point been silent past nextUpdate.
     expired = sign_crl(["agent-lab-02"], before - dt.timedelta(days=2), now - dt.timedelta(minutes=1))
     since = int(time.time())
-    put(gw, f"{CRL_DIR}/pp-agents.crl", expired, owner="halfbridge")
+    put(gw, f"{CRL_DIR}/pp-agents.crl", expired, owner="halfbridge:")
     wait_for(lambda: health(gw)["status"] == "fail", 10, "the relay to notice the expired CRL")
     assert any("the CRL of CN=PP lab agents CA" in p and "expired at" in p for p in health(gw)["problems"])
     assert curl(pp, f"{base}/v1/cameras", "-o", "/dev/null").rc != 0

@@ -6,7 +6,6 @@ camera's burnt-in UTC clock with tesseract.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import re
@@ -19,13 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.inventory import host_var
+from tests.support.viewer import AS_AGENT, fetch, get_json
 from tests.support.waiting import wait_for
 
-AGENT = "/etc/halfbridge-pp"
-# curl's options to trust the relay and present the lab agent's certificate.
-TRUST = ["--cacert", f"{AGENT}/ca.crt"]
-CERTIFICATE = ["--cert", f"{AGENT}/agent.crt", "--key", f"{AGENT}/agent.key"]
-AS_AGENT = shlex.join(TRUST + CERTIFICATE)
 AUDIT = "/var/log/halfbridge/audit.log"
 CLOCK = re.compile(r"(\d{4}-\d{2}-\d{2}) (\d{2}):?(\d{2}):?(\d{2})")
 
@@ -48,24 +43,6 @@ def base(deployed) -> str:
 
 def iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def curl(pp, url: str, *options: str, certificate: bool = True) -> subprocess.CompletedProcess:
-    command = ["curl", "-sS", *TRUST, *(CERTIFICATE if certificate else []), *options, url]
-    return pp.run(shlex.join(command))
-
-
-def get_json(pp, url: str, certificate: bool = True) -> tuple[int, dict]:
-    result = curl(pp, url, "-o", "/tmp/answer.json", "-w", "%{http_code}", certificate=certificate)
-    assert result.rc == 0, result.stderr
-    return int(result.stdout), json.loads(pp.check_output("cat /tmp/answer.json"))
-
-
-def fetch(pp, url: str, seconds: float) -> bytes:
-    """What a flow sent in `seconds` (curl ends it at --max-time, as a viewer closing the window)."""
-    result = curl(pp, url, "--max-time", str(seconds), "-o", "/tmp/flow.ts", "-w", "%{http_code}")
-    assert result.stdout == "200", (result.stdout, result.stderr, pp.run("cat /tmp/flow.ts").stdout[:400])
-    return base64.b64decode(pp.check_output("base64 -w0 /tmp/flow.ts"))
 
 
 def clocks(stream: bytes, every: int = 25) -> list[float]:

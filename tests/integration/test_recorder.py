@@ -236,6 +236,11 @@ def test_every_stream_profile_is_recorded_whole_without_its_sound(tmp_path, cams
             capture_output=True, text=True, timeout=30, check=True,
         ).stdout  # fmt: skip
         assert [(s["codec_type"], s["codec_name"]) for s in json.loads(kinds)["streams"]] == [("video", codec)]
+    for seg in segments:
+        # Each segment is placed by its first frame in the file (its keyframe), a run's first one too
+        # (ffmpeg lists that one from 0 though B-frames make it start later: see ts.lead).
+        shown = packets(recorder.path(seg))
+        assert abs(seg.duration - (max(pts + duration for pts, duration in shown) - shown[0][0])) < 0.002, seg
     for before, after in itertools.pairwise(segments):
         # No frame lost between two segments, in the order frames are shown.
         shown_before, shown_after = packets(recorder.path(before)), packets(recorder.path(after))

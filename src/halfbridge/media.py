@@ -30,6 +30,8 @@ class ProbeError(RuntimeError):
 # pts and dts value must be set". This bitstream filter, on each video output, takes the
 # decoding timestamp for a missing presentation one (commas escaped: -bsf takes a list).
 FILL_PTS = r"setts=pts=if(eq(PTS\,NOPTS)\,DTS\,PTS)"
+# The live copy skips this much of a run's start: its first frame, whatever the camera's rate.
+LIVE_SKIP = 0.001
 # ffmpeg's log lines with `-loglevel level+...`: "[ctx @ 0x55..] [error] text" or "[error] text".
 _LOG_LINE = re.compile(r"^(?:\[(?P<context>[^\]@]+?) @ 0x[0-9a-f]+\] )?\[(?P<level>[a-z]+)\] (?P<text>.*)$")
 # An input stream as ffmpeg lists it: "  Stream #0:1[0x101]: Audio: aac (LC) (...), 8000 Hz, mono".
@@ -252,11 +254,13 @@ def record_command(
     )
     if live_fd is not None:
         # flush_packets: each frame is written to the pipe as soon as it is muxed (not in 32 KiB
-        # blocks), so a live viewer gets it within milliseconds of the camera sending it.
+        # blocks), so a live viewer gets it within milliseconds of the camera sending it. Not
+        # FILL_PTS here: setts holds every packet until the next one comes (a frame late, 200 ms
+        # at 5 fps). The live copy starts instead after the run's first frame (`ss`, the one
+        # that may lack a timestamp), at the next keyframe.
         live = ffmpeg.output(
-            video, f"pipe:{live_fd}", c="copy", f="mpegts", muxdelay=0, muxpreload=0, flush_packets=1,
-            **{"bsf:v": FILL_PTS},
-        )  # fmt: skip
+            video, f"pipe:{live_fd}", c="copy", f="mpegts", muxdelay=0, muxpreload=0, flush_packets=1, ss=LIVE_SKIP
+        )
         out = ffmpeg.merge_outputs(out, live)
     out = out.global_args(
         "-hide_banner", "-nostdin", "-nostats", "-loglevel", "level+info",

@@ -22,6 +22,7 @@ from halfbridge.store import iso
 from tests.support.inventory import host_var
 from tests.support.recordings import frames, index, path, status
 from tests.support.viewer import fetch
+from tests.support.waiting import wait_for
 
 # The encoders' reorder depth: how many frames past `to` the reference frames a B-frame needs can show.
 REORDER_FRAMES = 4
@@ -83,8 +84,10 @@ def whole_mp4(data: bytes) -> bytes:
 
 @pytest.mark.parametrize("container", ["ts", "mp4"])
 def test_live_decodes_for_every_profile_without_sound(lab_host, cameras, profiles, base, container):
-    pp = lab_host("pp")
+    gw, pp = lab_host("gw"), lab_host("pp")
     for camera in cameras:
+        # An earlier test may have just taken a camera down and up: its recorder's back-off ends first.
+        wait_for(lambda c=camera: status(gw, c["id"]).get("state") == "recording", 30, f"{camera['id']} recording")
         data = fetch(pp, f"{base}/v1/cameras/{camera['id']}/live?format={container}", 4)
         data = whole_ts(data) if container == "ts" else whole_mp4(data)
         found = probe(data, f".{container}", "stream=codec_type,codec_name,width,height")["streams"]

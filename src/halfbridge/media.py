@@ -250,6 +250,9 @@ def record_command(
         strftime=1,
         segment_list=segment_list,
         segment_list_type="csv",
+        # Each frame written out as it comes, not 32 KiB at a time: a killed ffmpeg loses at most
+        # the frame it was writing (at a camera's low bitrate 32 KiB can be several seconds).
+        segment_format_options="flush_packets=1",
         **{"bsf:v": FILL_PTS},
     )
     if live_fd is not None:

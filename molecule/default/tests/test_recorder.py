@@ -135,7 +135,7 @@ def test_an_outage_is_an_exact_gap_and_only_that_camera_loses_anything(recorded,
     try:
         wait_for(lambda: status(gw, down).get("state") == "down", 30, f"{down} reported down")
         # Back, but with its sound only: the recorder says why, in ffmpeg's first words.
-        refusing = {**json.loads(deployed), "codec": "none", "audio": "aac"}
+        refusing = {**json.loads(deployed), "codec": "none", "profile": "", "audio": "aac"}
         put(cams, settings, json.dumps(refusing).encode(), owner="root:camsim", mode="0640")
         cams.check_output(f"systemctl start halfbridge-camsim@{down}")
         refused = "Stream map '0:v:0' matches no streams."
@@ -145,6 +145,7 @@ def test_an_outage_is_an_exact_gap_and_only_that_camera_loses_anything(recorded,
         time.sleep(max(0.0, 30 - (time.time() - cut)))
     finally:
         put(cams, settings, deployed.encode(), owner="root:camsim", mode="0640")
+        cams.run(f"systemctl reset-failed halfbridge-camsim@{down}")  # whatever the test did, start afresh
         back = float(cams.check_output(f"systemctl restart halfbridge-camsim@{down} && date +%s.%N"))
     wait_for(lambda: status(gw, down).get("state") == "recording", cap + 15, f"{down} recording again")
     wait_for(lambda: index(gw, down)[-1].start > back, 60, f"a segment of {down} after the outage")

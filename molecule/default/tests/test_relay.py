@@ -63,9 +63,11 @@ def clocks(stream: bytes, every: int = 25) -> list[float]:
                 day, hours, minutes, seconds = match.groups()
                 with_zone = f"{day}T{hours}:{minutes}:{seconds}+00:00"
                 try:
-                    seen.append(dt.datetime.fromisoformat(with_zone).timestamp())
+                    read = dt.datetime.fromisoformat(with_zone).timestamp()
                 except ValueError:
                     continue
+                if abs(read - time.time()) < 86400:  # not a misread digit of the date (2076 for 2026)
+                    seen.append(read)
         return seen
 
 

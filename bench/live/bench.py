@@ -70,6 +70,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.camera import Camera  # noqa: E402
 from tests.support.cpu import tree_cpu  # noqa: E402
+from tests.support.recording import bare_segmenter, recorder_config  # noqa: E402
 from tests.support.relay import RelayLab  # noqa: E402
 
 PACKET = 188
@@ -415,22 +416,8 @@ def latency(lab: RelayLab, camera: Camera, label: str, seconds: float) -> Latenc
 def recorder_cpu(workdir: Path, camera: Camera, warmup: float, seconds: float) -> tuple[float, float, float, str]:
     """CPU seconds per minute of halfbridge-recorder (live tap, no flow), of its ffmpeg alone, and of a bare
     segmenter, over the same `seconds`; a note if the window was disturbed."""
-    (workdir / "bare-segments").mkdir()
-    config = workdir / "cpu-recorder.json"
-    config.write_text(
-        json.dumps(
-            {"camera": camera.id, "url": camera.url, "store_root": str(workdir / "cpu-store"),
-             "state_dir": str(workdir / "cpu-state"), "segment_seconds": 60,
-             "live_socket": str(workdir / "cpu-live.sock")}
-        )
-    )  # fmt: skip
-    bare_cmd = [
-        "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-rtsp_transport", "tcp",
-        "-i", camera.url, "-map", "0:v:0", "-c", "copy", "-f", "segment", "-segment_format", "mpegts",
-        "-segment_time", "60", "-segment_atclocktime", "1", "-strftime", "1",
-        "-segment_list", str(workdir / "bare-segments" / "list.csv"), "-segment_list_type", "csv",
-        str(workdir / "bare-segments" / "%Y%m%dT%H%M%SZ.ts"),
-    ]  # fmt: skip
+    config = recorder_config(workdir / "cpu-recorder.json", camera, workdir, 60, workdir / "cpu-live.sock")
+    bare_cmd = bare_segmenter(camera.url, workdir / "bare-segments", 60)
     bare = ours = None
     try:
         bare = subprocess.Popen(bare_cmd, env={**os.environ, "TZ": "UTC"}, start_new_session=True)

@@ -18,7 +18,6 @@ read when each has been reaped. Target: ratio at most 1.10.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import signal
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.camera import Camera  # noqa: E402
 from tests.support.cpu import tree_cpu  # noqa: E402
+from tests.support.recording import bare_segmenter, recorder_config  # noqa: E402
 
 
 def children_cpu() -> float:
@@ -50,28 +50,10 @@ def main() -> int:
         camera = Camera(work, "bench-cam")
         camera.start()
         try:
-            (work / "base").mkdir()
-            config = work / "recorder.json"
-            config.write_text(
-                json.dumps(
-                    {"camera": camera.id, "url": camera.url, "store_root": str(work / "ours"),
-                     "state_dir": str(work / "state"), "segment_seconds": 10,
-                     "live_socket": str(work / "live.sock")}
-                )
-            )  # fmt: skip
-            baseline_cmd = [
-                "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error", "-rtsp_transport", "tcp",
-                "-i", camera.url, "-map", "0:v:0", "-c", "copy", "-f", "segment", "-segment_format", "mpegts",
-                "-segment_time", "10", "-segment_atclocktime", "1", "-strftime", "1",
-                "-segment_list", str(work / "base" / "list.csv"), "-segment_list_type", "csv",
-                str(work / "base" / "%Y%m%dT%H%M%SZ.ts"),
-            ]  # fmt: skip
+            config = recorder_config(work / "recorder.json", camera, work, 10, work / "live.sock")
+            baseline_cmd = bare_segmenter(camera.url, work / "base", 10)
             ours_cmd = [str(Path(sys.executable).with_name("halfbridge-recorder")), str(config)]
-            untapped = json.loads(config.read_text())
-            del untapped["live_socket"]
-            untapped.update(store_root=str(work / "untapped"), state_dir=str(work / "untapped-state"))
-            (work / "untapped.json").write_text(json.dumps(untapped))
-            untapped_cmd = [ours_cmd[0], str(work / "untapped.json")]
+            untapped_cmd = [ours_cmd[0], str(recorder_config(work / "untapped.json", camera, work, 10, None))]
 
             start = children_cpu()
             baseline = subprocess.Popen(baseline_cmd, env={**os.environ, "TZ": "UTC"})
@@ -94,7 +76,7 @@ def main() -> int:
             camera.stop()
         base_cpu, our_cpu = after_baseline - start, after_ours - after_baseline
         minutes, window = args.seconds / 60, max(1.0, args.seconds - args.warmup) / 60
-        recorded = sum(1 for _ in (work / "ours").rglob("*.ts")) if (work / "ours").exists() else 0
+        recorded = sum(1 for _ in (work / "recorder-store").rglob("*.ts")) if (work / "recorder-store").exists() else 0
         print(f"recorder: one 640x360 25 fps camera for {args.seconds:.0f} s ({recorded} segments of ours)")
         print(f"{'CPU s per camera-minute':<30}{'whole run':>12}{'steady state':>14}")
         print(f"{'ffmpeg -c copy -f segment':<30}{base_cpu / minutes:>12.3f}{steady[0] / window:>14.3f}")

@@ -488,15 +488,18 @@ class Relay:
         listed = []
         for camera_id, camera in self.cameras.items():
             last = await asyncio.to_thread(self._last_end, camera_id)
-            recording = last is not None and now - last <= 3 * self.config.segment_seconds
+            said = await asyncio.to_thread(self._recorder_status, camera_id)
+            # Recorded lately, and its recorder does not say the camera is down (the last segment can
+            # be a few seconds old when it goes down).
+            recent = last is not None and now - last <= 3 * self.config.segment_seconds
             listed.append(
                 {
                     "id": camera_id,
                     "name": camera.get("name", ""),
                     "site": camera.get("site", ""),
-                    "recording": recording,
+                    "recording": recent and said.get("state") not in ("down", "stopped"),
                     "last_recorded": iso(last),
-                    **await asyncio.to_thread(self._recorder_status, camera_id),
+                    **said,
                 }
             )
         await self._record(request, 200)

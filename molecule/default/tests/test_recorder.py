@@ -116,10 +116,10 @@ def test_the_recorder_is_confined_by_systemd(recorded, cameras):
     assert host_var("gw", "halfbridge_cameras")[0]["password"] not in gw.check_output("ps -eo args")
 
 
-def relay_cameras(pp) -> dict[str, dict]:
+def relay_cameras(gw, pp) -> dict[str, dict]:
     """/v1/cameras as the PP sees it."""
-    relay = host_var("gw", "lab_networks")["interconnect"]
-    status, body = get_json(pp, f"https://{relay}:{host_var('gw', 'stream_relay_port')}/v1/cameras")
+    relay = json.loads(gw.check_output("cat /etc/halfbridge/relay.json"))
+    status, body = get_json(pp, f"https://{relay['listen_host']}:{relay['listen_port']}/v1/cameras")
     assert status == 200, body
     return {c["id"]: c for c in body["cameras"]}
 
@@ -140,7 +140,7 @@ def test_an_outage_is_an_exact_gap_and_only_that_camera_loses_anything(recorded,
         cams.check_output(f"systemctl start halfbridge-camsim@{down}")
         refused = "Stream map '0:v:0' matches no streams."
         wait_for(lambda: status(gw, down).get("last_error") == refused, cap + 20, f"{down}'s refusal reported")
-        said = relay_cameras(pp)[down]
+        said = relay_cameras(gw, pp)[down]
         assert (said["state"], said["last_error"], said["recording"]) == ("down", refused, False), said
         time.sleep(max(0.0, 30 - (time.time() - cut)))
     finally:

@@ -331,7 +331,6 @@ class Recorder:
         if indexed:
             with run.lock:  # what failed before this segment was written is no longer why anything fails
                 run.first_error = run.last_warning = None
-        if indexed:
             # Where the next segment starts, for the recovery after a crash.
             self.run_path.write_text(
                 json.dumps({"started": run.started, "anchor": run.anchor, "last_end": run.last_end})

@@ -75,7 +75,10 @@ class LiveTap:
         self.flows: list[_Flow] = []
         self.server: socket.socket | None = None
         self.tables: bytes | None = None  # PAT and PMT of the current run; None when no run is streaming
-        self.gop = bytearray()  # from the last keyframe on
+        # From the last keyframe on, as the reads of the pipe came: kept as they are, joined only when
+        # a flow joins (appending to one buffer copied it again and again as it grew).
+        self.gop: list[bytes] = []
+        self.gop_size = 0
         self.partial = b""  # the start of a packet the pipe cut
         self.head = bytearray()  # a run's first bytes, until its tables are found
 
@@ -120,7 +123,7 @@ class LiveTap:
                     conn.close()  # nothing is streaming: the relay says the camera is unavailable
                     continue
                 flow = _Flow(conn)
-                if flow.send(self.tables + self.gop) is None:
+                if flow.send(b"".join([self.tables, *self.gop])) is None:
                     self.flows.append(flow)
                 else:
                     conn.close()
@@ -171,9 +174,11 @@ class LiveTap:
                 self.head.clear()
             keyframe = ts.last_keyframe(data)
             if keyframe is not None:
-                self.gop[:] = data[keyframe:]
-            elif len(self.gop) + len(data) <= MAX_GOP:
-                self.gop += data
+                self.gop = [data[keyframe:] if keyframe else data]
+                self.gop_size = len(data) - keyframe
+            elif self.gop_size + len(data) <= MAX_GOP:
+                self.gop.append(data)
+                self.gop_size += len(data)
             alive = []
             for flow in self.flows:
                 why = flow.send(data)
@@ -196,7 +201,7 @@ class LiveTap:
                 flow.conn.close()
             self.flows = []
             self.tables = None
-            self.gop.clear()
+            self.gop, self.gop_size = [], 0
             self.head.clear()
             self.partial = b""
 

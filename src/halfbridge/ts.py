@@ -142,19 +142,37 @@ def keyframes(data: bytes) -> list[Frame]:
     return [frame for frame in frames(data) if frame.key]
 
 
-def last_keyframe(data: bytes) -> int | None:
-    """Byte offset of the last video keyframe in `data` (whole packets), or None; read from the end.
+# Byte maps for `bytes.translate`: 1 where a header bit is set, 0 elsewhere.
+_BIT_40 = bytes(int(bool(b & 0x40)) for b in range(256))
+_BIT_20 = bytes(int(bool(b & 0x20)) for b in range(256))
 
-    The live tap calls this on every read of its pipe: it searches backwards and stops at the
-    first keyframe it meets.
+
+def last_keyframe(data: bytes) -> int | None:
+    """Byte offset of the last video keyframe in `data` (packets from its start), or None.
+
+    The live tap calls this on every read of its pipe, a frame at a time, for every camera. So
+    it looks at the packets' headers only, a column at a time (`data[1::188]`, in C): the
+    packets that start a payload and carry the random access indicator; then, from the last,
+    the first whose payload opens a video PES. Scanning the frame's bytes (even with `rfind`)
+    cost several times more.
     """
-    view = memoryview(data)
     end = len(data) - len(data) % PACKET
-    while (found := data.rfind(b"\x00\x00\x01\xe0", 0, end)) >= 0:
-        end = found + 3  # the next search ends before this start code
-        frame = _frame_at(data, found, view)
-        if frame is not None and frame.key:
+    if end == 0:
+        return None
+    starts = data[1:end:PACKET].translate(_BIT_40)  # payload_unit_start_indicator
+    adapted = data[3:end:PACKET].translate(_BIT_20)  # an adaptation field
+    flagged = data[5:end:PACKET].translate(_BIT_40)  # its random access indicator (if it has one)
+    candidates = int.from_bytes(starts, "big") & int.from_bytes(adapted, "big") & int.from_bytes(flagged, "big")
+    count = len(starts)
+    view = memoryview(data)
+    while candidates:
+        lowest = candidates & -candidates  # the last packet's bit: the first byte is the most significant
+        index = count - 1 - (lowest.bit_length() - 1) // 8
+        offset = index * PACKET
+        frame = _frame_at(data, offset + 5 + data[offset + 4], view) if data[offset + 4] < PACKET - 5 else None
+        if frame is not None and frame.key and data[offset] == SYNC:
             return frame.offset
+        candidates ^= lowest
     return None
 
 

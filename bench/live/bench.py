@@ -68,12 +68,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from halfbridge.ts import PACKET  # noqa: E402
 from tests.support.camera import Camera  # noqa: E402
-from tests.support.cpu import tree_cpu  # noqa: E402
+from tests.support.cpu import children, tree_cpu  # noqa: E402
 from tests.support.recording import bare_segmenter, recorder_config  # noqa: E402
 from tests.support.relay import RelayLab  # noqa: E402
 
-PACKET = 188
 RECORDER = Path(sys.executable).with_name("halfbridge-recorder")
 FRAME_DONE = re.compile(rb"^\[/FRAME\]")  # ffprobe -show_frames: the end of the first frame's block
 SHOWINFO_FIRST = re.compile(rb"Parsed_showinfo.*\bn:\s*0\s")  # showinfo's line of frame 0
@@ -426,16 +426,16 @@ def recorder_cpu(workdir: Path, camera: Camera, warmup: float, seconds: float) -
         ours = subprocess.Popen([str(RECORDER), str(config)], stderr=log, start_new_session=True)
         log.close()
         time.sleep(warmup)
-        children = children_of(ours.pid)
+        ffmpegs = children(ours.pid)
 
         def sample() -> tuple[float, float, float]:
-            return tree_cpu(ours.pid), sum(tree_cpu(c) for c in children), tree_cpu(bare.pid)
+            return tree_cpu(ours.pid), sum(tree_cpu(c) for c in ffmpegs), tree_cpu(bare.pid)
 
         began, before = time.monotonic(), sample()
         time.sleep(seconds)
         after, elapsed = sample(), time.monotonic() - began
         note = ""
-        if children_of(ours.pid) != children or len(children) != 1 or bare.poll() is not None:
+        if children(ours.pid) != ffmpegs or len(ffmpegs) != 1 or bare.poll() is not None:
             note = "the recorder restarted its ffmpeg, or the bare segmenter ended, during the window"
         recorder, ffmpeg, segmenter = ((b - a) * 60 / elapsed for a, b in zip(before, after, strict=True))
         return recorder, ffmpeg, segmenter, note
@@ -450,14 +450,6 @@ def shut(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
     sock.close()
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            found += [int(c) for c in (task / "children").read_text().split()]
-    return found
 
 
 # -- the report ----------------------------------------------------------------------

@@ -45,10 +45,10 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from halfbridge.ts import PACKET, SYNC, ticks
+
 __all__ = ["Fmp4Error", "Remuxer"]
 
-PACKET = 188
-SYNC = 0x47
 TIMESCALE = 90000
 WRAP = 1 << 33
 MAX_PES = 16 << 20  # bytes: a PES larger than this is not a camera's frame
@@ -482,11 +482,6 @@ def _video_stream(pmt: bytes) -> tuple[int, _Codec]:
     raise Fmp4Error("the PMT lists no video stream")
 
 
-def _timestamp(pes: bytearray, index: int) -> int:
-    p = pes[index : index + 5]
-    return (p[0] >> 1 & 0x07) << 30 | p[1] << 22 | (p[2] >> 1) << 15 | p[3] << 7 | p[4] >> 1
-
-
 def _pes_header(pes: bytearray, end: int) -> tuple[int, int, int]:
     """PTS, DTS (= PTS when absent) and where the elementary stream starts, of a video PES."""
     if end < 9 or pes[0:3] != b"\x00\x00\x01":
@@ -497,10 +492,10 @@ def _pes_header(pes: bytearray, end: int) -> tuple[int, int, int]:
     if 9 + header > end:
         raise Fmp4Error("PES header longer than its PES")
     if flags == 2 and header >= 5:
-        pts = _timestamp(pes, 9)
+        pts = ticks(pes[9:14])
         return pts, pts, 9 + header
     if flags == 3 and header >= 10:
-        return _timestamp(pes, 9), _timestamp(pes, 14), 9 + header
+        return ticks(pes[9:14]), ticks(pes[14:19]), 9 + header
     raise Fmp4Error("a video PES without PTS")
 
 

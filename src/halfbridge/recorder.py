@@ -49,6 +49,8 @@ _PR_SET_PDEATHSIG = 1
 # Progress reports (one every 2 s) whose smallest "wall clock minus muxed time" anchors a
 # run. The anchor is then frozen: every segment of a run is placed with the same one.
 _ANCHOR_SAMPLES = 3
+# The head of a run's first segment read for its first frame's timestamps (the tables, then that frame).
+LEAD_READ = 64 << 10
 
 
 @dataclass
@@ -340,7 +342,7 @@ class Recorder:
         """How much later than listed a run's first segment starts (B-frames; see `ts.lead`)."""
         try:
             with self.store.segment_path(self.config.camera, name).open("rb") as handle:
-                return ts.lead(handle.read(1 << 20))
+                return ts.lead(handle.read(LEAD_READ))
         except (OSError, ValueError):
             return 0.0
 

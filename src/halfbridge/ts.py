@@ -33,17 +33,17 @@ class TsError(ValueError):
     """A file that is not MPEG-TS as the recorder writes it."""
 
 
-def _clock(p: memoryview) -> float:
-    """A 33-bit PES timestamp (5 bytes with marker bits), in seconds."""
-    return (((p[0] >> 1) & 0x07) << 30 | p[1] << 22 | (p[2] >> 1) << 15 | p[3] << 7 | p[4] >> 1) / CLOCK
+def ticks(p: bytes | bytearray | memoryview) -> int:
+    """A 33-bit PES timestamp (its 5 bytes, marker bits included), in ticks of the 90 kHz clock."""
+    return ((p[0] >> 1) & 0x07) << 30 | p[1] << 22 | (p[2] >> 1) << 15 | p[3] << 7 | p[4] >> 1
 
 
 def _timestamps(payload: memoryview) -> tuple[float, float] | None:
     """(PTS, DTS) of a PES header at the start of `payload` (seconds; DTS is PTS if absent), if it has a PTS."""
     if len(payload) < 14 or payload[0:3] != b"\x00\x00\x01" or not payload[7] & 0x80:
         return None
-    pts = _clock(payload[9:14])
-    return pts, (_clock(payload[14:19]) if payload[7] & 0x40 and len(payload) >= 19 else pts)
+    pts = ticks(payload[9:14]) / CLOCK
+    return pts, (ticks(payload[14:19]) / CLOCK if payload[7] & 0x40 and len(payload) >= 19 else pts)
 
 
 def _payload(packet: memoryview) -> memoryview:
@@ -118,23 +118,31 @@ def _frame_at(data: bytes, found: int, view: memoryview) -> Frame | None:
     return Frame(offset, stamps[0], bool(adaptation and data[offset + 5] & 0x40), stamps[1])
 
 
-def frames(data: bytes) -> list[Frame]:
-    """Every video frame of a file, in file (decoding) order.
+def _frames(data: bytes) -> Iterator[Frame]:
+    """The video frames of a file, in file (decoding) order, as they are found.
 
     Only the starts of the first video stream's PES (00 00 01 E0, found by `find`, in C) are
     looked at, not every packet: an H.264 or H.265 NAL unit never begins with E0, and each start
     code found is checked against its packet's header.
     """
+    if data[:1] not in (b"", bytes([SYNC])):
+        raise TsError("no MPEG-TS sync byte at offset 0")
     view = memoryview(data)
-    found: list[Frame] = []
     position = 0
     while (at := data.find(b"\x00\x00\x01\xe0", position)) >= 0:
         position = at + 4
         if (frame := _frame_at(data, at, view)) is not None:
-            found.append(frame)
-    if data[:1] not in (b"", bytes([SYNC])):
-        raise TsError("no MPEG-TS sync byte at offset 0")
-    return found
+            yield frame
+
+
+def frames(data: bytes) -> list[Frame]:
+    """Every video frame of a file, in file (decoding) order."""
+    return list(_frames(data))
+
+
+def first_frame(data: bytes) -> Frame | None:
+    """The file's first video frame (the search stops there)."""
+    return next(_frames(data), None)
 
 
 def keyframes(data: bytes) -> list[Frame]:
@@ -170,7 +178,7 @@ def last_keyframe(data: bytes) -> int | None:
         index = count - 1 - (lowest.bit_length() - 1) // 8
         offset = index * PACKET
         frame = _frame_at(data, offset + 5 + data[offset + 4], view) if data[offset + 4] < PACKET - 5 else None
-        if frame is not None and frame.key and data[offset] == SYNC:
+        if frame is not None and frame.key:
             return frame.offset
         candidates ^= lowest
     return None
@@ -178,8 +186,8 @@ def last_keyframe(data: bytes) -> int | None:
 
 def first_pts(data: bytes) -> float | None:
     """The PTS of the first video frame of a file: the origin of its times."""
-    found = frames(data[: 1 << 20]) or frames(data)
-    return found[0].pts if found else None
+    first = first_frame(data)
+    return first.pts if first else None
 
 
 def lead(data: bytes) -> float:
@@ -189,8 +197,8 @@ def lead(data: bytes) -> float:
     is shown that much later (the muxer shifts timestamps so that none is negative): the recorder
     adds this to place that segment right.
     """
-    found = frames(data[: 1 << 20])
-    return max(0.0, signed(found[0].pts, found[0].dts)) if found else 0.0
+    first = first_frame(data)
+    return max(0.0, signed(first.pts, first.dts)) if first else 0.0
 
 
 def start_offset(data: bytes, seconds: float) -> int:

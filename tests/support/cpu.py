@@ -8,6 +8,17 @@ from pathlib import Path
 TICK = os.sysconf("SC_CLK_TCK")
 
 
+def children(pid: int) -> list[int]:
+    """The live children of a live process, from every one of its threads ([] once it is gone)."""
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return found
+
+
 def tree_cpu(pid: int) -> float:
     """User + system CPU seconds of a live process and its live descendants."""
     total, todo = 0.0, [pid]
@@ -15,11 +26,10 @@ def tree_cpu(pid: int) -> float:
         current = todo.pop()
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / TICK
-            for task in Path(f"/proc/{current}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError):
             continue
+        total += (int(fields[11]) + int(fields[12])) / TICK
+        todo += children(current)
     return total
 
 

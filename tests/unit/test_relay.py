@@ -128,3 +128,32 @@ def test_an_unknown_stream_format_is_a_400():
     with pytest.raises(Problem) as refused:
         stream_format(make_mocked_request("GET", "/v1/cameras/cam/live?format=avi"))
     assert refused.value.status == 400 and "fragmented MP4" in refused.value.detail
+
+
+@pytest.mark.parametrize(
+    ("content", "shown"),
+    [
+        (None, {"state": "unknown", "last_error": "its recorder has not started"}),
+        (b"not json", {"state": "unknown", "last_error": "its recorder's status is unreadable"}),
+        (b"[1, 2]", {"state": "unknown", "last_error": "its recorder's status is unreadable"}),
+        (b'{"state": "down", "last_error": "' + b"x" * 40_000 + b'"}', {"state": "unknown"}),  # beyond 16 KiB
+    ],
+)
+def test_an_unreadable_recorder_status_is_said_so(tmp_path, content, shown):
+    state = tmp_path / "recorder"
+    state.mkdir()
+    if content is not None:
+        (state / "ver-gare-01.status.json").write_bytes(content)
+    said = _relay(tmp_path, recorder_state_dir=str(state))._recorder_status("ver-gare-01")
+    assert shown.items() <= said.items()
+
+
+def test_a_recorder_status_reaches_the_pp_bounded_and_escaped(tmp_path):
+    state = tmp_path / "recorder"
+    state.mkdir()
+    hostile = {"state": "down\x1b[2J", "since": 12, "last_error": "e" * 2000, "video": ["h264"], "extra": "x"}
+    (state / "ver-gare-01.status.json").write_text(json.dumps(hostile))
+    said = _relay(tmp_path, recorder_state_dir=str(state))._recorder_status("ver-gare-01")
+    assert set(said) == {"state", "down_since", "last_error", "video", "audio"}
+    assert "\x1b" not in said["state"] and said["down_since"] == "12" and said["audio"] is None
+    assert len(said["last_error"]) == 512 and said["last_error"].endswith("…")

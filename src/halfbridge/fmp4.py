@@ -45,7 +45,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from halfbridge.ts import PACKET, SYNC, ticks
+from halfbridge.ts import PACKET, SYNC, crc32, ticks
 
 __all__ = ["Fmp4Error", "Remuxer"]
 
@@ -71,6 +71,17 @@ _HIGH_PROFILES = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 
 
 class Fmp4Error(ValueError):
     """Input that is not usable MPEG-TS carrying H.264 or H.265; the message says why."""
+
+
+# What reading hostile input can raise where a bound was not checked (TsError is a ValueError):
+# still the input's fault, so an Fmp4Error too. Other exceptions are bugs, and not hidden.
+_UNCHECKED = (LookupError, ValueError, ArithmeticError, struct.error)
+
+
+def _malformed(error: Exception) -> Fmp4Error:
+    found = Fmp4Error(f"malformed input: {error}")
+    found.__cause__ = error
+    return found
 
 
 @dataclass(frozen=True)
@@ -306,6 +317,8 @@ def _nal_array(nals: list[bytes]) -> bytes:
 
 
 def _avcc(sps: _Sps, sets: dict[int, list[bytes]]) -> bytes:
+    if len(sets[7]) > 31 or len(sets[8]) > 255:  # the counts' widths in avcC (5 and 8 bits)
+        raise Fmp4Error(f"{len(sets[7])} SPS and {len(sets[8])} PPS: more than avcC can list")
     body = bytes([1, sps.profile, sps.constraints, sps.level, 0xFF, 0xE0 | len(sets[7])]) + _nal_array(sets[7])
     body += bytes([len(sets[8])]) + _nal_array(sets[8])
     if sps.profile in (100, 110, 122, 144, 244):
@@ -398,27 +411,6 @@ def _fragment(sequence: int, samples: list[_Sample], last_duration: int) -> list
 # --- MPEG-TS ------------------------------------------------------------------------------
 
 
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for index in range(256):
-        crc = index << 24
-        for _ in range(8):
-            crc = (crc << 1) ^ 0x04C11DB7 if crc & 0x80000000 else crc << 1
-        table.append(crc & 0xFFFFFFFF)
-    return tuple(table)
-
-
-_CRC = _crc_table()
-
-
-def _crc32(data: bytes) -> int:
-    """CRC-32/MPEG-2 (only for the few PSI sections read before the video PID is known)."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = ((crc << 8) & 0xFFFFFFFF) ^ _CRC[(crc >> 24) ^ byte]
-    return crc
-
-
 def _find_sync(buf: bytes) -> int:
     """Offset of the first packet (a sync byte 188 and 376 bytes further too); -1: more bytes needed."""
     if len(buf) < 3 * PACKET + PACKET:
@@ -457,7 +449,7 @@ def _section(payload: bytes, table_id: int) -> bytes | None:
     if length < 13:
         raise Fmp4Error("PAT or PMT section too short")
     section = section[: 3 + length]
-    if _crc32(section):
+    if crc32(section):
         raise Fmp4Error("PAT or PMT section with a wrong CRC")
     return section if section[5] & 1 else None  # current_next_indicator
 
@@ -571,12 +563,15 @@ class Remuxer:
             step(data)
         except Fmp4Error as error:
             self._error = error
-        except (IndexError, ValueError, struct.error, OverflowError) as error:  # a bound not checked: still hostile
-            self._error = Fmp4Error(f"malformed input: {error}")
-            self._error.__cause__ = error
+        except _UNCHECKED as error:
+            self._error = _malformed(error)
         if self._error is not None and not self._pending:
             raise self._error
-        return self._emit()
+        try:
+            return self._emit()
+        except _UNCHECKED as error:  # a fragment's figure that does not fit its field
+            self._error, self._pending = _malformed(error), []
+            raise self._error from error
 
     def _finish(self, _: bytes) -> None:
         if self._pes is not None and not self._rest:

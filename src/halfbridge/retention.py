@@ -49,6 +49,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -398,8 +399,11 @@ class Retention:
                 parts = line.split(b",", 2)
                 with contextlib.suppress(IndexError, ValueError):
                     end = float(parts[1])
+                    if not math.isfinite(end):  # nan would compare false with everything: not a line
+                        continue
                     lines += 1
                     earliest = end if earliest is None else min(earliest, end)
+        # A line it cannot read makes the counts differ: the full path reads the index as the store does.
         return files != lines or (earliest is not None and earliest <= cutoff)
 
     def _expired_orphans(self, camera: str, day: dt.date, indexed: set[str], cutoff: float) -> list[Segment]:

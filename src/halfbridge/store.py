@@ -12,6 +12,15 @@ and measured afterwards). A segment is in the index of the day directory it
 was written to. Lines are appended, never rewritten, so a crash leaves at
 worst a last line without its newline, which readers skip; playback and
 retention read the index and never probe files.
+
+Readers skip, as they skip a torn line, any line that is not one the recorder
+could have written (`Segment.parse`): more than `MAX_LINE` characters; a number
+that is not plain decimal digits (no sign, exponent, `nan` or `inf`); a time
+outside 2000-2199; an end before the start; a segment longer than a day, or
+more than a day away from the second its name records; a name that is not
+`YYYYMMDDTHHMMSSZ.ts` of a real date; flags other than a lowercase word. The
+segment file such a line names is then unindexed, as after a crash: playback
+does not find it and retention goes by the file's age.
 """
 
 from __future__ import annotations
@@ -25,12 +34,23 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+from halfbridge.times import EARLIEST, LATEST  # an index line's times: the years a client may ask for
 
 INDEX_NAME = "index.csv"
 SEGMENT_SUFFIX = ".ts"
 # strftime pattern of a segment's file name (ffmpeg expands it, in UTC).
 SEGMENT_STRFTIME = "%Y%m%dT%H%M%SZ"
-SEGMENT_RE = re.compile(r"^(\d{8}T\d{6}Z)\.ts$")
+# ASCII digits only, and nothing after `.ts` (`$` would let a name end with a newline).
+SEGMENT_RE = re.compile(r"^([0-9]{8}T[0-9]{6}Z)\.ts\Z")
+# An index line as `Segment.line` writes it: start,end,bytes,name,flags and its newline (the
+# times with three decimals; any precision is read).
+_NUMBER = r"([0-9]{1,10}(?:\.[0-9]{1,9})?)"
+_LINE_RE = re.compile(rf"{_NUMBER},{_NUMBER},([0-9]{{1,15}}),([0-9]{{8}}T[0-9]{{6}}Z\.ts),([a-z]{{0,32}})\n")
+MAX_LINE = 128  # characters of an index line, its newline included (the recorder's are under 80)
+MAX_DURATION = 86400.0  # seconds: a segment lasts minutes; a day is absurd
+MAX_SKEW = 86400.0  # seconds between a segment's start and the second its name records
 CAMERA_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}\Z")
 _LOCK_ATTEMPTS = 100
 
@@ -56,19 +76,19 @@ class Segment:
 
     @classmethod
     def parse(cls, line: str) -> Segment | None:
-        """A segment from an index line; None for a torn or foreign line."""
-        if not line.endswith("\n"):
+        """A segment from an index line; None for a torn, damaged or foreign line (see the module's doc)."""
+        if len(line) > MAX_LINE or not (match := _LINE_RE.fullmatch(line)):
             return None
-        parts = line.rstrip("\n").split(",")
-        if len(parts) != 5 or not SEGMENT_RE.match(parts[3]):
+        start, end = float(match[1]), float(match[2])  # digits and a point: always finite
+        named = segment_time(match[4])
+        if (
+            named is None
+            or not EARLIEST <= start <= end < LATEST
+            or end - start > MAX_DURATION
+            or abs(start - named) > MAX_SKEW
+        ):
             return None
-        try:
-            start, end, size = float(parts[0]), float(parts[1]), int(parts[2])
-        except ValueError:
-            return None
-        if end < start or size < 0:
-            return None
-        return cls(start, end, size, parts[3], parts[4])
+        return cls(start, end, int(match[3]), match[4], match[5])
 
 
 def utc(ts: float) -> dt.datetime:
@@ -106,11 +126,19 @@ def write_replacing(path: Path, data: bytes, mode: int) -> None:
 
 
 def segment_time(name: str) -> float | None:
-    """The wall-clock second a segment's file name records, or None."""
+    """The wall-clock second a segment's file name records, or None (for a date that does not exist too)."""
     match = SEGMENT_RE.match(name)
     if not match:
         return None
-    return dt.datetime.strptime(match.group(1), SEGMENT_STRFTIME).replace(tzinfo=dt.UTC).timestamp()
+    text = match.group(1)  # YYYYMMDDTHHMMSSZ, as SEGMENT_STRFTIME writes it
+    try:
+        opened = dt.datetime(
+            int(text[0:4]), int(text[4:6]), int(text[6:8]), int(text[9:11]), int(text[11:13]), int(text[13:15]),
+            tzinfo=dt.UTC,
+        )  # fmt: skip
+    except ValueError:  # 20261399T..., year 0000, second 60
+        return None
+    return opened.timestamp()
 
 
 def segment_day(name: str) -> dt.date | None:
@@ -222,11 +250,11 @@ class Store:
         write_replacing(path, data, os.fstat(lock_fd).st_mode & 0o777)
 
     def index(self, camera: str, day: dt.date) -> list[Segment]:
-        """The segments of one day, in index order (torn lines skipped)."""
+        """The segments of one day, in index order (torn, damaged and foreign lines skipped)."""
         path = self.day_dir(camera, day) / INDEX_NAME
         try:
-            with path.open(encoding="ascii", errors="replace", newline="") as handle:
-                return [seg for line in handle if (seg := Segment.parse(line)) is not None]
+            with path.open("rb") as handle:
+                return [seg for line in _lines(handle) if (seg := Segment.parse(line)) is not None]
         except FileNotFoundError:
             return []
 
@@ -276,6 +304,18 @@ def playback_from(segments: list[Segment], start: float) -> list[Segment]:
     """
     opening = [index for index, segment in enumerate(segments) if segment.start <= start + 1e-3]
     return segments[opening[-1] :] if opening else segments
+
+
+def _lines(handle: BinaryIO) -> Iterator[str]:
+    """The lines of a binary file, as text; a line longer than MAX_LINE comes as its first MAX_LINE + 1 characters.
+
+    Read by bounded pieces: a damaged index without newlines is never held whole in memory.
+    """
+    while line := handle.readline(MAX_LINE + 1):
+        if len(line) > MAX_LINE and not line.endswith(b"\n"):
+            while (rest := handle.readline(65536)) and not rest.endswith(b"\n"):
+                pass  # the rest of the overlong line
+        yield line.decode("ascii", "replace")
 
 
 def _numeric_entries(path: Path, width: int) -> list[str]:

@@ -16,6 +16,12 @@ a keyframe can be shown before it. Times are measured from a file's first
 frame with signed differences on the 33-bit, 90 kHz clock, which wraps every
 26.5 hours: a frame shown before the first one, or after a wrap, is placed
 right.
+
+Whatever the bytes (a camera's, a failing disk's), the functions here raise
+TsError and nothing else: a file without its first sync byte is refused, and
+what cannot be read in a packet (a frame header cut short, a PAT or PMT whose
+lengths point outside its packet or whose CRC is wrong) is passed over as if
+absent.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ class TsError(ValueError):
 
 def ticks(p: bytes | bytearray | memoryview) -> int:
     """A 33-bit PES timestamp (its 5 bytes, marker bits included), in ticks of the 90 kHz clock."""
+    if len(p) < 5:
+        raise TsError(f"a PES timestamp has 5 bytes, not {len(p)}")
     return ((p[0] >> 1) & 0x07) << 30 | p[1] << 22 | (p[2] >> 1) << 15 | p[3] << 7 | p[4] >> 1
 
 
@@ -64,24 +72,84 @@ def packets(data: bytes) -> Iterator[tuple[int, int, memoryview]]:
         yield offset, (data[offset + 1] & 0x1F) << 8 | data[offset + 2], view[offset : offset + PACKET]
 
 
+def _crc_table() -> tuple[int, ...]:
+    table = []
+    for index in range(256):
+        crc = index << 24
+        for _ in range(8):
+            crc = (crc << 1) ^ 0x04C11DB7 if crc & 0x80000000 else crc << 1
+        table.append(crc & 0xFFFFFFFF)
+    return tuple(table)
+
+
+_CRC = _crc_table()
+
+
+def crc32(data: bytes | bytearray | memoryview) -> int:
+    """CRC-32/MPEG-2 of `data`: 0 over a whole PSI section, its CRC included (only for the few tables read)."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ _CRC[(crc >> 24) ^ byte]
+    return crc
+
+
+def _section(packet: memoryview, table_id: int) -> memoryview | None:
+    """The PSI section `table_id` that starts in `packet`, whole in it and with its CRC right; None otherwise.
+
+    ffmpeg's muxer writes its PAT and PMT in one packet each: a section that points outside
+    its packet, or spans several, is not one it wrote.
+    """
+    if not packet[1] & 0x40:  # payload_unit_start_indicator: a section starts here
+        return None
+    payload = _payload(packet)
+    if not payload:
+        return None
+    section = payload[1 + payload[0] :]  # after the pointer field
+    if len(section) < 3 or section[0] != table_id:
+        return None
+    length = (section[1] & 0x0F) << 8 | section[2]
+    # 5 bytes of header after the length and 4 of CRC at least; the whole section in the packet.
+    if not 9 <= length <= len(section) - 3 or crc32(section[: 3 + length]):
+        return None
+    return section[: 3 + length]
+
+
+def _pmt_pids(pat: memoryview) -> set[int]:
+    """The PMT PIDs a PAT section lists (program 0, the network PID, left out; reserved PIDs too)."""
+    found = set()
+    for i in range(8, len(pat) - 4 - 3, 4):  # 4-byte entries between the header and the CRC
+        pid = (pat[i + 2] & 0x1F) << 8 | pat[i + 3]
+        if (pat[i] << 8 | pat[i + 1]) != 0 and 0x10 <= pid < 0x1FFF:
+            found.add(pid)
+    return found
+
+
 def tables(data: bytes) -> bytes:
-    """The first PAT and the first PMT of a file (what a reader needs before any frame)."""
+    """The packets of the first PAT and the first PMT of a file (what a reader needs before any frame).
+
+    A PAT or PMT that cannot be read (see `_section`) is passed over; without a readable pair
+    the file is refused with TsError.
+    """
     pat = pmt = None
     pmt_pids: set[int] = set()
-    for _offset, pid, packet in packets(data):
+    damaged = None  # offset of the first PAT or PMT passed over, for the message
+    for offset, pid, packet in packets(data):
         if pid == 0 and pat is None and packet[1] & 0x40:
-            pat = bytes(packet)
-            section = _payload(packet)
-            section = section[1 + section[0] :]  # pointer field
-            length = (section[1] & 0x0F) << 8 | section[2]
-            for i in range(8, 3 + length - 4, 4):
-                if (section[i] << 8 | section[i + 1]) != 0:
-                    pmt_pids.add((section[i + 2] & 0x1F) << 8 | section[i + 3])
+            section = _section(packet, 0)
+            pmt_pids = _pmt_pids(section) if section is not None else set()
+            if pmt_pids:
+                pat = bytes(packet)
+            elif damaged is None:
+                damaged = offset
         elif pid in pmt_pids and pmt is None and packet[1] & 0x40:
-            pmt = bytes(packet)
+            if _section(packet, 2) is not None:
+                pmt = bytes(packet)
+            elif damaged is None:
+                damaged = offset
         if pat is not None and pmt is not None:
             return pat + pmt
-    raise TsError("no PAT and PMT at the start of the file")
+    passed = "" if damaged is None else f" (an unreadable one at byte {damaged} was passed over)"
+    raise TsError(f"no PAT and PMT at the start of the file{passed}")
 
 
 WRAP = 2**33 / CLOCK  # seconds after which a PTS wraps (about 26.5 hours)
@@ -177,7 +245,10 @@ def last_keyframe(data: bytes) -> int | None:
         lowest = candidates & -candidates  # the last packet's bit: the first byte is the most significant
         index = count - 1 - (lowest.bit_length() - 1) // 8
         offset = index * PACKET
-        frame = _frame_at(data, offset + 5 + data[offset + 4], view) if data[offset + 4] < PACKET - 5 else None
+        found = offset + 5 + data[offset + 4]  # the payload, after the adaptation field
+        # A video PES (a sound one can carry the indicator too), in a packet of the file.
+        video = data[offset + 4] < PACKET - 5 and data[found : found + 4] == b"\x00\x00\x01\xe0"
+        frame = _frame_at(data, found, view) if video else None
         if frame is not None and frame.key:
             return frame.offset
         candidates ^= lowest

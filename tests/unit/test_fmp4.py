@@ -541,11 +541,11 @@ def scaling_list(bits: Bits, size: int) -> None:
 
 
 def sps_bits(profile: int, width_mbs: int, height_units: int, frame_mbs_only: int = 1, chroma: int = 1,
-             crop: tuple[int, int, int, int] | None = None, poc_type: int = 2) -> bytes:  # fmt: skip
+             crop: tuple[int, int, int, int] | None = None, poc_type: int = 2, sps_id: int = 0) -> bytes:  # fmt: skip
     bits = Bits()
     bits.u(8, profile)
     bits.u(16, 0x001F)  # constraint flags, level 3.1
-    bits.ue(0)  # seq_parameter_set_id
+    bits.ue(sps_id)  # seq_parameter_set_id
     if profile >= 100:
         bits.ue(chroma)
         if chroma == 3:
@@ -603,3 +603,14 @@ def test_the_picture_size_comes_from_any_h264_sps(sps, size, units):
     pps_at = units[0].index(b"\x00\x00\x00\x01\x68")
     output = Remuxer().feed(mux([units[0][:sps_at] + nal + units[0][pps_at:], units[1]]))
     assert dimensions(output) == size
+
+
+def test_more_parameter_sets_than_the_sample_entry_can_list_are_refused(units):
+    """32 SPS (every id H.264 allows): avcC counts them in 5 bits, so the init segment would list none."""
+    sps_at = units[0].index(b"\x00\x00\x00\x01\x67")
+    pps_at = units[0].index(b"\x00\x00\x00\x01\x68")
+    many = b"".join(b"\x00\x00\x00\x01\x67" + sps_bits(66, 20, 12, sps_id=n) for n in range(32))
+    fails(mux([units[0][:sps_at] + many + units[0][pps_at:], *units[1:5]]), "more than avcC can list")
+    some = b"".join(b"\x00\x00\x00\x01\x67" + sps_bits(66, 20, 12, sps_id=n) for n in range(31))
+    output = remux(mux([units[0][:sps_at] + some + units[0][pps_at:], *units[1:5]]))[0]
+    assert dimensions(output) == (320, 192)

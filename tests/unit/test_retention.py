@@ -352,3 +352,14 @@ def test_indexed_files_already_gone_are_said_and_the_rest_goes(tmp_path, twelve_
     assert [s.end for s in store.index("ver-gare-01", partial_day)] == [
         s.end for s in twelve_days["ver-gare-01", partial_day] if s.end > NOW - 10 * DAY
     ]
+
+
+def test_a_nan_line_in_an_index_does_not_shield_its_day_from_destruction(tmp_path, twelve_days):
+    store = Store(tmp_path / "recordings")
+    camera, day = min(twelve_days)  # the oldest day: everything in it is past the cutoff
+    index = store.day_dir(camera, day) / "index.csv"
+    index.write_bytes(b"nan,nan,100,20261117T093000Z.ts,\n" + index.read_bytes())
+    retention(tmp_path).run()
+    assert not store.day_dir(camera, day).exists() or not [
+        n for n in os.listdir(store.day_dir(camera, day)) if n.endswith(".ts")
+    ], "the expired segments of a day whose index has a nan line are destroyed"

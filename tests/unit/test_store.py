@@ -26,15 +26,75 @@ def test_segment_lines_round_trip():
 @pytest.mark.parametrize(
     "line",
     [
-        "1795000000.000,1795000060.000,1000,20261129T235900Z.ts,",  # torn: no newline
+        "1795996740.000,1795996800.000,1000,20261129T235900Z.ts,",  # torn: no newline
         "garbage\n",
-        "1795000000.000,1795000060.000,1000,../etc/passwd,\n",
-        "1795000060.000,1795000000.000,1000,20261129T235900Z.ts,\n",  # ends before it starts
-        "x,1795000060.000,1000,20261129T235900Z.ts,\n",
+        "1795996740.000,1795996800.000,1000,../etc/passwd,\n",
+        "1795996800.000,1795996740.000,1000,20261129T235900Z.ts,\n",  # ends before it starts
+        "x,1795996800.000,1000,20261129T235900Z.ts,\n",
     ],
 )
 def test_torn_or_foreign_lines_are_skipped(line):
     assert Segment.parse(line) is None
+
+
+LINE = "1795996740.000,1795996800.000,1000,20261129T235900Z.ts,\n"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        # Not numbers as `Segment.line` writes them: NaN compares false both ways, so a NaN end
+        # was never at or before the cutoff and the segment outlived the retention.
+        "nan,nan,1000,20261129T235900Z.ts,\n",
+        "1795996740.000,nan,1000,20261129T235900Z.ts,\n",
+        "1795996740.000,inf,1000,20261129T235900Z.ts,\n",
+        "-inf,1795996800.000,1000,20261129T235900Z.ts,\n",
+        "1.79599674e9,1795996800.000,1000,20261129T235900Z.ts,\n",
+        " 1795996740.000,1795996800.000,1000,20261129T235900Z.ts,\n",
+        "1795996740.000,1795996800.000,1_000,20261129T235900Z.ts,\n",
+        "1795996740.000,1795996800.000,-1,20261129T235900Z.ts,\n",  # a negative size
+        "1795996740.000,1795996800.000,+1000,20261129T235900Z.ts,\n",
+        "1795996740.000,1795996800.000,\u0661\u0662,20261129T235900Z.ts,\n",  # digits, but not ASCII
+        # Times outside 2000-2199, or not the segment's.
+        "0.000,60.000,1000,19700101T000000Z.ts,\n",
+        "7258118400.000,7258118460.000,1000,22000101T000000Z.ts,\n",
+        "1795996740.000,1796083141.000,1000,20261129T235900Z.ts,\n",  # over a day long
+        "1795000000.000,1795000060.000,1000,20261129T235900Z.ts,\n",  # 11 days from its name's second
+        # Names the recorder never writes.
+        "1795996740.000,1795996800.000,1000,20261399T235900Z.ts,\n",  # no 99th of the 13th month
+        "1795996740.000,1795996800.000,1000,20261129T235900Z.ts\n,\n",
+        "1795996740.000,1795996800.000,1000,20261129T235900Z.mp4,\n",
+        "1795996740.000,1795996800.000,1000,20261129T235900Z.ts,recovered,more\n",
+        "1795996740.000,1795996800.000,1000,20261129T235900Z.ts,\x1b[2J\n",
+        LINE[:-1] + "x" * 200 + "\n",  # overlong
+    ],
+)
+def test_damaged_lines_are_skipped_like_torn_ones(line):
+    assert Segment.parse(line) is None
+
+
+def test_the_recorders_lines_are_read():
+    assert Segment.parse(LINE) == Segment(1795996740.0, 1795996800.0, 1000, "20261129T235900Z.ts")
+    recovered = LINE.replace(",\n", ",recovered\n")
+    assert Segment.parse(recovered) == Segment(1795996740.0, 1795996800.0, 1000, "20261129T235900Z.ts", "recovered")
+
+
+def test_a_damaged_index_gives_its_good_lines_only(tmp_path):
+    """A day's index with NaN, binary and a huge line without a newline: the good lines only, in order."""
+    store = Store(tmp_path)
+    day = dt.date(2026, 11, 29)
+    store.day_dir("cam-01", day).mkdir(parents=True)
+    first, second = seg(T0 - 120), seg(T0 - 60)
+    (store.day_dir("cam-01", day) / "index.csv").write_bytes(
+        first.line().encode()
+        + b"nan,nan,1000,20261129T235900Z.ts,\n"
+        + b"\xff\xfe\x00garbage\n"
+        + b"1" * 1_000_000
+        + b"\n"
+        + second.line().encode()
+        + b"1795996740.000,179"
+    )
+    assert store.index("cam-01", day) == [first, second]
 
 
 def test_layout_and_day_index(tmp_path):
@@ -90,6 +150,21 @@ def test_spans_merge_contiguous_segments_and_show_gaps():
 def test_segment_names_carry_their_second():
     assert segment_time("20261129T235900Z.ts") == T0
     assert segment_time("index.csv") is None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "20261399T000000Z.ts",
+        "00000101T000000Z.ts",
+        "20261129T235960Z.ts",
+        "20261129T235900Z.ts\n",
+        "\uff12\uff10\uff12\uff161129T235900Z.ts",  # fullwidth digits
+    ],
+)
+def test_a_name_without_a_real_second_has_none(name):
+    """A file on disk named like a segment for a date that does not exist: None, as for any other name."""
+    assert segment_time(name) is None
 
 
 def test_backoff_doubles_to_its_cap_with_bounded_jitter():

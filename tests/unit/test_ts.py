@@ -21,9 +21,11 @@ from halfbridge.ts import (
     keyframes,
     last_keyframe,
     lead,
+    packets,
     signed,
     start_offset,
     tables,
+    ticks,
 )
 from tests.support.media import PTS_WRAP, make_clip, segment, video_packets
 
@@ -70,6 +72,52 @@ def test_what_is_not_mpeg_ts_is_refused():
         keyframes(b"\x00" * PACKET * 2)
     with pytest.raises(TsError, match="no PAT"):
         tables(b"")
+
+
+def pat_offsets(data: bytes) -> list[int]:
+    return [offset for offset, pid, _packet in packets(data) if pid == 0]
+
+
+def damage_pat(data: bytes, how: str) -> bytes:
+    """`data` with its first PAT packet damaged as a failing camera or disk could."""
+    damaged = bytearray(data)
+    at = pat_offsets(data)[0]
+    if how == "section length past the packet":
+        damaged[at + 6] |= 0x0F
+        damaged[at + 7] = 0xFF
+    elif how == "pointer field past the packet":
+        damaged[at + 4] = 0xFF
+    elif how == "no payload":
+        damaged[at + 3] = damaged[at + 3] & 0xCF | 0x20  # adaptation field only
+        damaged[at + 4] = 183
+    elif how == "wrong CRC":
+        damaged[at + 5 + 12 + 3] ^= 0x01  # the last byte of the CRC (ffmpeg writes a 16-byte section)
+    return bytes(damaged)
+
+
+DAMAGES = ["section length past the packet", "pointer field past the packet", "no payload", "wrong CRC"]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_malformed_pat_is_refused_with_tserror(clip, how):
+    """A PAT whose lengths point outside its packet raised IndexError (a 500 in playback, a live restart)."""
+    head = clip[: pat_offsets(clip)[1]]  # up to the muxer's second PAT: the damaged one is the only one
+    with pytest.raises(TsError, match="no PAT and PMT"):
+        tables(damage_pat(head, how))
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_malformed_pat_is_passed_over_for_the_next(clip, how):
+    damaged = damage_pat(clip, how)
+    second = pat_offsets(clip)[1]
+    assert tables(damaged) == tables(clip[second:])
+    assert tables(damaged) != tables(clip)
+
+
+def test_a_timestamp_cut_short_is_refused_with_tserror():
+    assert ticks(b"\x21\x00\x01\x00\x01") == 0
+    with pytest.raises(TsError):
+        ticks(b"\x21\x00")
 
 
 def test_the_last_keyframe_is_found_from_the_end(clip):

@@ -1,0 +1,495 @@
+"""The relay's application: its routes, what every request goes through, and its two listeners.
+
+    GET /v1/cameras                                  the referential, with recording status
+    GET /v1/cameras/{id}/live[?format=]              a live stream, one quota slot while open
+    GET /v1/cameras/{id}/recordings?from=&to=        recorded spans and gaps of a range
+    GET /v1/cameras/{id}/playback?from=&to=[&pace=fast][&format=]   a range, one slot while open
+    GET /v1/flows                                    the slots in use
+
+Every request on the PP's side goes through `_guard`: the client's identity and its
+admission (`identity`), the interconnect's suspension (article 8), then the route; every
+answer, accepted or refused, goes to the audit log (`relay.request`), and nothing is served
+unrecorded. Health and metrics listen on the management side, on another address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiohttp import web
+
+from halfbridge.audit import AuditClient, AuditError, clean_text
+from halfbridge.interconnect import Interconnect, Suspension
+from halfbridge.metrics import exposition
+from halfbridge.quotad import AsyncQuotaClient, QuotaError
+from halfbridge.relay import sources
+from halfbridge.relay.config import RelayConfig
+from halfbridge.relay.connections import Connection, Cuts
+from halfbridge.relay.flows import Flows
+from halfbridge.relay.identity import Gate
+from halfbridge.relay.metrics import Metrics
+from halfbridge.relay.problems import Problem, parameter, parse_time, stream_format, unrecorded
+from halfbridge.relay.recordings import Catalog
+from halfbridge.relay.trust import TrustKeeper, utc
+from halfbridge.store import CAMERA_ID_RE, Store, iso
+from halfbridge.tls import TLSSite
+
+log = logging.getLogger("halfbridge.relay")
+
+_PATH_SHOWN = 80
+
+
+class Relay:
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+        self.store = Store(config.store_root)
+        self.catalog = Catalog(self.store, config.recorder_state_dir, config.segment_seconds)
+        self.audit = AuditClient(config.audit_socket)
+        self.folder = config.folder()
+        self.metrics = Metrics()
+        self.cuts = Cuts(self.metrics.cut)
+        self.quota = AsyncQuotaClient(config.quotad_socket)
+        self.cameras = {camera["id"]: camera for camera in config.cameras}
+        self.keeper = TrustKeeper(
+            config.tls_certificate, config.tls_key, config.tls_client_ca, config.crl_dir, config.crl_warn_hours
+        )
+        self.gate = Gate(config.designated_agents, config.certificate_policies, self.keeper)
+        self.flows = Flows(self.quota, self._audit, self.metrics, config.renew_seconds, config.stall_seconds)
+        self.interconnect = Interconnect(config.interconnect_state) if config.interconnect_state else None
+        self._suspension: tuple[tuple | None, Suspension | None] = (None, None)
+        self._site: TLSSite | None = None
+        self._background: set[asyncio.Task] = set()
+
+    # -- the applications --------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard])
+        # No HEAD: a HEAD of a flow would hold a quota slot for a body nobody reads.
+        app.add_routes(
+            [
+                web.get("/v1/cameras", self.list_cameras, allow_head=False),
+                web.get("/v1/cameras/{id}/live", self.live, allow_head=False),
+                web.get("/v1/cameras/{id}/recordings", self.recordings, allow_head=False),
+                web.get("/v1/cameras/{id}/playback", self.playback, allow_head=False),
+                web.get("/v1/flows", self.list_flows, allow_head=False),
+            ]
+        )
+        return app
+
+    def management_app(self) -> web.Application:
+        app = web.Application()
+        app.add_routes([web.get("/healthz", self.health), web.get("/metrics", self.prometheus)])
+        return app
+
+    # -- every request -----------------------------------------------------
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler) -> web.StreamResponse:
+        try:
+            who, first = self.gate.who(request)
+        except ValueError:  # a certificate the handshake took but that cannot be parsed
+            who, first = {}, True
+        request["who"] = who
+        try:
+            await self._authenticate(request, who, first)
+            suspension = self.suspension()
+            if suspension is not None:
+                raise Problem(
+                    503,
+                    "interconnect-suspended",
+                    f"SYN has suspended the interconnect (incident {suspension.incident}, since {suspension.since}); "
+                    "the PP's contacts are notified by e-mail"
+                    if not suspension.damaged
+                    else "the interconnect is closed: its state cannot be read on SYN's gateway, "
+                    "and it stays closed until SYN's operators repair it",
+                )
+            return await handler(request)
+        except Problem as problem:
+            return await self._refuse(request, problem)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            if exc.status in (404, 405):
+                shown = clean_text(request.path, _PATH_SHOWN)
+                problem = Problem(
+                    exc.status,
+                    "not-found" if exc.status == 404 else "method-not-allowed",
+                    f"{clean_text(request.method, 16)} {shown} is not part of this API: it has GET "
+                    "/v1/cameras, /v1/flows, and /v1/cameras/{id}/live, /recordings, /playback",
+                )
+            else:
+                problem = Problem(exc.status, "malformed-request", exc.reason)
+            return await self._refuse(request, problem)
+
+    async def _refuse(self, request: web.Request, problem: Problem) -> web.Response:
+        self.metrics.refused(problem.kind)
+        await self._record(request, problem.status, reason=problem.detail)
+        return problem.response()
+
+    def _refused_by_parser(self, request: web.BaseRequest, problem: Problem) -> None:
+        """What aiohttp's parser refused (halfbridge.relay.connections): counted and recorded, in the background."""
+        self.metrics.refused(problem.kind)
+        with contextlib.suppress(ValueError):
+            request["who"] = self.gate.who(request)[0]
+        task = asyncio.get_running_loop().create_task(self._record(request, problem.status, reason=problem.detail))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _authenticate(self, request: web.Request, who: dict, first: bool) -> None:
+        """Let a designated agent in, or refuse; the first request of a connection goes to the history."""
+        refusal = self.gate.refusal(who)
+        if first:
+            fields = {"issuer": who.get("issuer", ""), "fingerprint": who.get("fingerprint", "")}
+            try:
+                if refusal is None:
+                    await self._audit("auth.accepted", request, result="accepted", **fields)
+                else:
+                    await self._audit("auth.refused", request, result="refused", reason=refusal.detail, **fields)
+            except AuditError as exc:
+                # Article 6: no authentication goes unrecorded. The connection's next request tries again.
+                self.gate.forget(request)
+                raise unrecorded(exc) from None
+        if refusal is not None:
+            raise refusal
+
+    async def _record(self, request: web.BaseRequest, status: int, **fields) -> None:
+        """The request's audit entry. Nothing is served unrecorded: a success that cannot be recorded is a 503."""
+        try:
+            await self._audit("relay.request", request, status=status, **fields)
+        except AuditError as exc:
+            if status < 400:
+                raise unrecorded(exc) from None
+            log.error("%s; the refusal (%d) is sent unrecorded", exc, status)  # nothing is served
+        self.metrics.answered(status)
+
+    async def _audit(self, event: str, request: web.BaseRequest, **fields) -> None:
+        who = request.get("who") or {}
+        await asyncio.to_thread(
+            self.audit.append,
+            event,
+            peer=request.remote or "",
+            agent=who.get("agent", ""),
+            subject=who.get("subject", ""),
+            serial=who.get("serial", ""),
+            method=request.method[:16],
+            path=request.path[:200],
+            query=request.query_string[:200],
+            **fields,
+        )
+
+    def _camera(self, request: web.Request) -> dict:
+        camera_id = request.match_info["id"]
+        if not CAMERA_ID_RE.match(camera_id):
+            raise Problem(
+                400,
+                "malformed-request",
+                "a camera id is 1 to 64 lower-case letters, digits, dashes and underscores (see /v1/cameras)",
+            )
+        camera = self.cameras.get(camera_id)
+        if camera is None:
+            raise Problem(404, "unknown-camera", f"there is no camera {camera_id} in the referential (see /v1/cameras)")
+        return camera
+
+    def _range(self, request: web.Request) -> tuple[float, float]:
+        start = parse_time("from", parameter(request, "from"))
+        end = parse_time("to", parameter(request, "to"))
+        now = time.time()
+        if start >= end:
+            raise Problem(400, "malformed-request", f"`from` ({iso(start)}) must be before `to` ({iso(end)})")
+        if end - start > self.config.max_range_seconds:
+            raise Problem(
+                400,
+                "range-too-long",
+                f"a range may last at most {self.config.max_range_seconds} s; this one lasts {end - start:.0f} s",
+            )
+        if end > now + 1:
+            raise Problem(400, "range-in-future", f"`to` ({iso(end)}) is in the future; it is now {iso(now)}")
+        oldest = now - self.config.retention_days * 86400
+        if start < oldest:
+            raise Problem(
+                410,
+                "older-than-retention",
+                f"recordings are kept {self.config.retention_days} days: nothing before {iso(oldest)} exists any more",
+            )
+        return start, end
+
+    # -- the referential and the recordings ----------------------------------
+
+    async def list_cameras(self, request: web.Request) -> web.Response:
+        now = time.time()
+        listed = []
+        for camera_id, camera in self.cameras.items():
+            last = await asyncio.to_thread(self.catalog.last_end, camera_id)
+            said = await asyncio.to_thread(self.catalog.recorder_status, camera_id)
+            # Recorded lately, and its recorder does not say the camera is down (the last segment can
+            # be a few seconds old when it goes down).
+            recent = last is not None and now - last <= 3 * self.config.segment_seconds
+            listed.append(
+                {
+                    "id": camera_id,
+                    "name": camera.get("name", ""),
+                    "site": camera.get("site", ""),
+                    "recording": recent and said.get("state") not in ("down", "stopped"),
+                    "last_recorded": iso(last),
+                    **said,
+                }
+            )
+        await self._record(request, 200)
+        return web.json_response({"cameras": listed})
+
+    async def recordings(self, request: web.Request) -> web.Response:
+        camera = self._camera(request)
+        start, end = self._range(request)
+        segments = await asyncio.to_thread(self.catalog.segments, camera["id"], start, end)
+        found, gaps = self.catalog.gaps(segments, start, end)
+        await self._record(request, 200, camera=camera["id"], range=[iso(start), iso(end)])
+        return web.json_response(
+            {
+                "camera": camera["id"],
+                "from": iso(start),
+                "to": iso(end),
+                "spans": [{"from": iso(a), "to": iso(b)} for a, b in found],
+                "gaps": [{"from": iso(a), "to": iso(b)} for a, b in gaps],
+                "recorded_seconds": round(sum(b - a for a, b in found), 3),
+            }
+        )
+
+    async def list_flows(self, request: web.Request) -> web.Response:
+        try:
+            answer = await self.quota.leases()
+        except QuotaError as exc:
+            raise Problem(503, "quota-daemon-unreachable", str(exc)) from None
+        await self._record(request, 200)
+        flows = [
+            {key: lease.get(key) for key in ("agent", "camera", "mode", "since")} for lease in answer.get("leases", [])
+        ]
+        return web.json_response({"in_use": answer.get("in_use"), "limit": answer.get("limit"), "flows": flows})
+
+    # -- flows -------------------------------------------------------------
+
+    async def live(self, request: web.Request) -> web.StreamResponse:
+        camera = self._camera(request)
+        container = stream_format(request)
+        source = sources.live(self.config.live_dir, camera["id"])
+        return await self.flows.run(request, camera["id"], "live", {"format": container}, source)
+
+    async def playback(self, request: web.Request) -> web.StreamResponse:
+        camera = self._camera(request)
+        start, end = self._range(request)
+        pace = parameter(request, "pace") or "realtime"
+        if pace not in ("realtime", "fast"):
+            raise Problem(400, "malformed-request", "`pace` is realtime (the default) or fast (for an export)")
+        container = stream_format(request)
+        segments = await asyncio.to_thread(self.catalog.playback_segments, camera["id"], start, end)
+        if not any(segment.end > start and segment.start < end for segment in segments):
+            raise Problem(
+                404, "no-recording", f"camera {camera['id']} recorded nothing from {iso(start)} to {iso(end)}"
+            )
+        found, gaps = self.catalog.gaps(segments, start, end)
+        headers = {
+            "X-Halfbridge-Spans": ", ".join(f"{iso(a)}/{iso(b)}" for a, b in found),
+            "X-Halfbridge-Gaps": ", ".join(f"{iso(a)}/{iso(b)}" for a, b in gaps) or "none",
+        }
+        fields = {"range": [iso(start), iso(end)], "pace": pace, "gaps": len(gaps), "format": container}
+        source = sources.recorded(self.store, camera["id"], segments, start, end, pace == "realtime")
+        return await self.flows.run(request, camera["id"], "playback", fields, source, headers)
+
+    # -- suspension (article 8) and the PKI's changes --------------------------
+
+    def suspension(self) -> Suspension | None:
+        """The suspension in force, read again only when the state file changes (one stat per call)."""
+        if self.interconnect is None:
+            return None
+        try:
+            st = self.interconnect.path.stat()
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            key = None
+        except OSError as exc:  # cannot even look: fail closed
+            return Suspension.unreadable(f"the state file cannot be read ({exc})")
+        seen, suspension = self._suspension
+        if key != seen:
+            suspension = self.interconnect.current() if key is not None else None
+            self._suspension = (key, suspension)
+            if suspension is not None and suspension.damaged:
+                log.error("the interconnect stays closed: %s", suspension.reason)
+        return suspension
+
+    def check_flows(self) -> None:
+        """End the flows that may not go on: suspension, revocation unknown, a certificate revoked or expired."""
+        suspension = self.suspension()
+        if suspension is not None:
+            self.flows.cut(self.flows.open.values(), f"the interconnect was suspended (incident {suspension.incident})")
+        if self.keeper.problems:
+            self.flows.cut(self.flows.open.values(), f"revocation cannot be checked: {self.keeper.problems[0]}")
+        for flow in list(self.flows.open.values()):
+            why = self.keeper.refusal(flow["who"])
+            if why is not None and "revoked" in why:
+                self.flows.cut([flow], "the agent's certificate was revoked (CRL refresh)")
+            elif why is not None:
+                self.flows.cut([flow], f"{why}: the flow ends")
+
+    async def _watch(self, period: float = 1.0) -> None:
+        """Every `period`: follow the anchors and CRLs, end the flows that may not go on, write what was folded."""
+        while True:
+            self.keeper.follow()
+            self.check_flows()
+            if self.folder.due():
+                await self._write_folded()
+            self.cuts.flush()
+            await asyncio.sleep(period)
+
+    async def _write_folded(self) -> None:
+        """The refused handshakes of the window that ends, counted per peer: one entry each."""
+        for fields in self.folder.flush():
+            log.warning(
+                "relay: %d more TLS handshakes from %s refused in the last window (%s)",
+                fields["folded"],
+                fields["peer"],
+                ", ".join(f"{k}: {n}" for k, n in fields["reasons"].items()),
+            )
+            try:
+                await asyncio.to_thread(
+                    self.audit.append, "auth.refused.folded", result="refused", stage="handshake", **fields
+                )
+            except (AuditError, ValueError) as exc:
+                log.error("%s; %d refused handshakes of %s not recorded", exc, fields["folded"], fields["peer"])
+
+    async def handshake_refused(self, peer: str, who: dict, kind: str, reason: str) -> None:
+        """A TLS handshake OpenSSL refused: into the history, with what the handshake revealed."""
+        self.metrics.handshake_refused(kind)
+        if kind == "client-left" and not who:  # a port probe, not an authentication
+            log.debug("relay: %s connected and left before any TLS handshake", peer)
+            return
+        if not self.folder.offer(peer, kind):
+            return  # counted, and written with the others of its window (auth.refused.folded)
+        subject = f" ({clean_text(who['subject'], 200)})" if who else ""
+        log.info("relay: TLS handshake from %s refused: %s%s", peer, clean_text(reason, 300), subject)
+        try:
+            await asyncio.to_thread(
+                self.audit.append,
+                "auth.refused",
+                peer=peer,
+                agent=who.get("agent", ""),
+                subject=who.get("subject", ""),
+                serial=who.get("serial", ""),
+                issuer=who.get("issuer", ""),
+                fingerprint=who.get("fingerprint", ""),
+                result="refused",
+                stage="handshake",
+                reason=f"TLS handshake refused: {reason}",
+            )
+        except AuditError as exc:
+            log.error("%s", exc)
+
+    # -- management side ---------------------------------------------------
+
+    async def health(self, _request: web.Request) -> web.Response:
+        problems = []
+        try:
+            answer = await self.quota.leases()
+        except QuotaError as exc:
+            problems.append(str(exc))
+            answer = {}
+        if not self.config.store_root.is_dir():
+            problems.append(f"the store {self.config.store_root} is missing")
+        problems += [f"nobody gets in: {problem}" for problem in self.keeper.problems]
+        body = {
+            "status": "fail" if problems else "pass",
+            "problems": problems,
+            "flows": answer.get("in_use"),
+            "limit": answer.get("limit"),
+            "suspended_for": suspension.incident if (suspension := self.suspension()) else None,
+            "crl_next_update": {issuer: utc(when) for issuer, when in self.keeper.expiries().items()},
+        }
+        return web.json_response(body, status=503 if problems else 200)
+
+    async def prometheus(self, _request: web.Request) -> web.Response:
+        try:
+            answer = await self.quota.leases()
+        except QuotaError:
+            answer = None
+        lines = self.metrics.lines(
+            answer,
+            open_flows=len(self.flows.open),
+            connections=self._site.connections() if self._site else 0,
+            suspended=self.suspension() is not None,
+            checkable=not self.keeper.problems,
+            crl_expiries=self.keeper.expiries(),
+        )
+        return web.Response(text=exposition(lines), content_type="text/plain", charset="utf-8")
+
+    # -- running -----------------------------------------------------------
+
+    def _pp_runner(self) -> web.AppRunner:
+        c = self.config
+        return web.AppRunner(
+            self.app(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=2,
+            keepalive_timeout=c.idle_seconds,
+            max_line_size=c.max_header_bytes,
+            max_field_size=c.max_header_bytes,
+            max_headers=c.max_headers,
+        )
+
+    def _connection(self, server) -> Connection:
+        c = self.config
+        return Connection(
+            server,
+            loop=asyncio.get_running_loop(),
+            header_seconds=c.header_seconds,
+            cuts=self.cuts,
+            refused=self._refused_by_parser,
+            limits={"max_header_bytes": c.max_header_bytes, "max_headers": c.max_headers},
+            **server._kwargs,
+        )
+
+    async def serve(self, ready: asyncio.Event | None = None) -> None:
+        c = self.config
+        runners = []
+        self.keeper.load()
+        try:
+            # Health and metrics first: once the PP's port is open, everything answers.
+            management = web.AppRunner(self.management_app(), access_log=None, handle_signals=False, shutdown_timeout=2)
+            await management.setup()
+            runners.append(management)
+            await web.TCPSite(management, c.management_host, c.management_port).start()
+            runner = self._pp_runner()
+            await runner.setup()
+            runners.append(runner)
+            # The PP's side: each connection takes the newest TLS context, and the connection discipline.
+            self._site = TLSSite(
+                runner,
+                c.listen_host,
+                c.listen_port,
+                self.keeper.context,
+                self.handshake_refused,
+                handshake_seconds=c.handshake_seconds,
+                per_peer=c.max_connections_per_peer,
+                cut=self.cuts,
+                protocol=lambda: self._connection(runner.server),
+            )
+            await self._site.start()
+            log.info(
+                "relay: %d camera(s) on https://%s:%d, health and metrics on http://%s:%d",
+                len(self.cameras),
+                c.listen_host,
+                c.listen_port,
+                c.management_host,
+                c.management_port,
+            )
+            if not self.gate.designated:
+                log.warning("relay: no designated agent in the configuration: every request is refused (403)")
+            if ready is not None:
+                ready.set()
+            await self._watch()
+        finally:
+            with contextlib.suppress(Exception):  # what the last window folded, before the relay goes
+                await asyncio.wait_for(self._write_folded(), 5)
+            for runner in reversed(runners):
+                await runner.cleanup()

@@ -7,14 +7,35 @@ carries who holds it (agent), which camera, the mode (live or playback) and
 since when; it lives `ttl` seconds unless its holder renews it, so a relay
 killed with SIGKILL frees its slots within `ttl`.
 
+A restart never puts more than `limit` flows on the wire. The relay's flows do
+not stop when the daemon does: each goes on until its next renewal. So the
+daemon keeps its leases in `state_file` (each change written to a file beside
+it, flushed, renamed over it, and the directory flushed; a grant before it is
+answered) and, when it starts, takes the saved leases back: each counts against the limit as it did
+before, is re-adopted when its holder renews it, and ends if it is neither
+renewed nor released within the ttl (the longer of the saved and the
+configured one). When the daemon cannot know what is on the wire (no
+`state_file` configured; the file missing, unreadable, larger than any state
+it writes, not one it writes, or holding more leases than the limit) it grants
+no new lease for one ttl after its start, answering `starting` with the
+seconds to wait; renewals of leases it does not hold are refused meanwhile, so
+the flows of the earlier run end, and by the end of that grace every lease of
+the earlier run has expired. A grant that cannot be written to the state file
+is taken back and refused (`state_unwritable`): a restart would not know it.
+The rules live in `Quota` (no I/O, a clock passed in); `QuotaDaemon` reads and
+writes the file.
+
 Protocol: one JSON object per line on a Unix socket, one answer per request.
 
     {"op": "acquire", "agent": "...", "camera": "...", "mode": "live"}
         -> {"ok": true, "lease": "<id>", "ttl": 15, "in_use": 3, "limit": 10}
         -> {"ok": false, "error": "quota_full", "in_use": 10, "limit": 10, "message": "all 10 of 10 ..."}
+        -> {"ok": false, "error": "starting", "retry_after": 12, "message": "... try again in 12 s"}
+        -> {"ok": false, "error": "state_unwritable", "message": "..."}
     {"op": "renew", "lease": "<id>"}     -> {"ok": true, "ttl": 15} | {"ok": false, "error": "unknown_lease", ...}
     {"op": "release", "lease": "<id>"}   -> {"ok": true} (also for a lease already gone)
     {"op": "list"}                       -> {"ok": true, "leases": [...], "in_use": n, "limit": 10}
+                                            (and "starting": seconds, while new leases are held back)
 
 Anything else gets {"ok": false, "error": "bad_request", "message": "..."}.
 """
@@ -25,19 +46,30 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
+import re
 import secrets
 import socket
+import stat
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from halfbridge.config import load_or_exit
+from halfbridge.store import replacing_prefix, write_replacing
 
 log = logging.getLogger("halfbridge.quotad")
 
 MODES = ("live", "playback")
 _MAX_LINE = 4096
+_BACKLOG = 1024
+TTL_RANGE = (1, 300)
+STATE_VERSION = 1
+_LEASE_ID = re.compile(r"[0-9a-f]{16}")
+_LEASE_KEYS = frozenset(("lease", "agent", "camera", "mode", "since"))
+_LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z, the last `since` a lease's list can show
 
 
 class QuotaError(RuntimeError):
@@ -49,14 +81,23 @@ class QuotadConfig:
     socket: Path
     limit: int
     ttl: float = 15.0
+    state_file: Path | None = None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> QuotadConfig:
-        config = load_or_exit(cls, "halfbridge-quotad", path, required=("socket", "limit"), paths=("socket",))
+        config = load_or_exit(
+            cls, "halfbridge-quotad", path, required=("socket", "limit"), paths=("socket", "state_file")
+        )
         if not isinstance(config.limit, int) or isinstance(config.limit, bool) or config.limit < 1:
             raise SystemExit(f"halfbridge-quotad: {path}: limit must be a positive whole number of flows")
-        if not isinstance(config.ttl, int | float) or not 1 <= config.ttl <= 300:
+        if not isinstance(config.ttl, int | float) or not TTL_RANGE[0] <= config.ttl <= TTL_RANGE[1]:
             raise SystemExit(f"halfbridge-quotad: {path}: ttl must be from 1 to 300 seconds")
+        config.state_file = config.state_file or None
+        if config.state_file is not None and not config.state_file.parent.is_dir():
+            raise SystemExit(
+                f"halfbridge-quotad: {path}: the directory of state_file {config.state_file} does not exist "
+                "(the service's StateDirectory= creates it)"
+            )
         return config
 
 
@@ -76,26 +117,110 @@ class Lease:
         return view
 
 
-class Quota:
-    """The leases and the rules; no I/O, so that it can be tested without a socket."""
+def state_bytes(limit: int) -> int:
+    """The most a state file of `limit` leases can weigh: per lease, a request's line with every character escaped."""
+    return 256 + limit * (3 * _MAX_LINE + 256)
 
-    def __init__(self, limit: int, ttl: float, clock=time.monotonic, wall=time.time) -> None:
+
+class Quota:
+    """The leases and the rules; no I/O, so that it can be tested without a socket.
+
+    After a start, `restore` takes back the leases an earlier run saved (`snapshot`),
+    or `hold_back` refuses new leases for one ttl when nothing can be trusted.
+    """
+
+    def __init__(self, limit: int, ttl: float, clock: Callable[[], float] = time.monotonic, wall=time.time) -> None:
         self.limit, self.ttl = limit, ttl
         self.clock, self.wall = clock, wall
         self.leases: dict[str, Lease] = {}
+        self.restored: set[str] = set()  # leases of the earlier run that their holder has not renewed yet
+        self.started = clock()
+        self.held_back_until: float | None = None
+        self.changes = 0  # counts the changes to the set of leases: what the state file follows
+
+    # -- a start ------------------------------------------------------------
+
+    def hold_back(self, why: str, level: int = logging.ERROR) -> None:
+        """Grant no new lease for one ttl from now: the flows an earlier run left on the wire are unknown (`why`).
+
+        An earlier run's lease was last renewed before this start, so it has expired when
+        the ttl has gone by; meanwhile its renewals are refused and its flow ends.
+        """
+        self.started = self.clock()
+        self.held_back_until = self.started + self.ttl
+        log.log(
+            level,
+            "%s: no new flow is admitted for %g s, so that the flows an earlier run may have left on the wire "
+            "end first (their renewals are refused) and the convention's %d are never exceeded",
+            why,
+            self.ttl,
+            self.limit,
+        )
+
+    def restore(self, saved: bytes | None, source: str = "the saved state") -> None:
+        """Take back the leases an earlier run saved (None: nothing was found); `hold_back` if they cannot be trusted.
+
+        Each lease taken back counts against the limit until its holder renews it (it is
+        then re-adopted) or releases it, or until the longer of the two ttls has gone by.
+        """
+        if self.leases:
+            raise RuntimeError("restore() is for a quota that holds no lease yet")
+        self.started = self.clock()
+        if saved is None:
+            self.hold_back(f"{source} does not exist (a first start, or it was lost)", logging.WARNING)
+            return
+        try:
+            ttl, entries = parse_state(saved, self.limit)
+        except ValueError as exc:
+            self.hold_back(f"{source} cannot be trusted ({exc})")
+            return
+        expires = self.started + max(self.ttl, ttl)
+        self.leases = {entry["lease"]: Lease(**entry, expires=expires) for entry in entries}
+        self.restored = set(self.leases)
+        log.info(
+            "%s holds %d lease(s) of the earlier run: each counts until its holder renews it, or for %g s",
+            source,
+            len(entries),
+            expires - self.started,
+        )
+
+    def snapshot(self) -> bytes:
+        """What `restore` takes back after a restart: the leases held now (not when each was last renewed)."""
+        leases = [
+            {"lease": x.lease, "agent": x.agent, "camera": x.camera, "mode": x.mode, "since": x.since}
+            for x in sorted(self.leases.values(), key=lambda lease: lease.since)
+        ]
+        return _encode({"version": STATE_VERSION, "ttl": self.ttl, "leases": leases})
+
+    def holding_back(self) -> float:
+        """Seconds before new leases are granted again after a start that knew nothing; 0 when they are."""
+        if self.held_back_until is None:
+            return 0.0
+        left = self.held_back_until - self.clock()
+        if left > 0:
+            return left
+        self.held_back_until = None
+        self.changes += 1  # every lease that can be on the wire is known now: the state file may say so
+        log.info("new flows are admitted again (%d of %d slots in use)", len(self.leases), self.limit)
+        return 0.0
+
+    # -- the requests -------------------------------------------------------
 
     def expire(self) -> list[Lease]:
         now = self.clock()
         gone = [lease for lease in self.leases.values() if lease.expires <= now]
         for lease in gone:
             del self.leases[lease.lease]
+            earlier = lease.lease in self.restored
+            self.restored.discard(lease.lease)
             log.warning(
-                "lease %s of %s on %s (%s) expired: its holder stopped renewing it",
+                "lease %s of %s on %s (%s) expired: %s",
                 lease.lease,
-                lease.agent,
-                lease.camera,
-                lease.mode,
+                *_who(lease),
+                "held before the restart, it was not renewed after it" if earlier else "its holder stopped renewing it",
             )
+        if gone:
+            self.changes += 1
         return gone
 
     def handle(self, request: dict) -> dict:
@@ -110,7 +235,10 @@ class Quota:
             return self.renew(lease) if op == "renew" else self.release(lease)
         if op == "list":
             leases = sorted(self.leases.values(), key=lambda lease: lease.since)
-            return {"ok": True, "leases": [x.public() for x in leases], "in_use": len(leases), "limit": self.limit}
+            answer = {"ok": True, "leases": [x.public() for x in leases], "in_use": len(leases), "limit": self.limit}
+            if left := self.holding_back():
+                answer["starting"] = math.ceil(left)
+            return answer
         return _bad(f"unknown op {op!r}: acquire, renew, release or list")
 
     def acquire(self, request: dict) -> dict:
@@ -121,6 +249,18 @@ class Quota:
         if fields["mode"] not in MODES:
             return _bad(f"mode must be live or playback, not {fields['mode']!r}")
         in_use = len(self.leases)
+        if left := self.holding_back():
+            retry = max(1, math.ceil(left))
+            return {
+                "ok": False,
+                "error": "starting",
+                "retry_after": retry,
+                "in_use": in_use,
+                "limit": self.limit,
+                "message": f"the quota daemon has just started and cannot know which flows of its earlier run "
+                f"are still on the wire; so as never to exceed the {self.limit} simultaneous flows allowed by "
+                f"the convention, it admits no new flow for its first {self.ttl:g} s: try again in {retry} s",
+            }
         if in_use >= self.limit:
             return {
                 "ok": False,
@@ -130,34 +270,154 @@ class Quota:
                 "message": f"all {self.limit} of {self.limit} simultaneous flows allowed by the convention "
                 "are in use; try again when one ends",
             }
-        lease = Lease(secrets.token_hex(8), **fields, since=self.wall(), expires=self.clock() + self.ttl)
+        lease_id = secrets.token_hex(8)
+        while lease_id in self.leases:  # one in 2**64 with a lease taken back from the earlier run
+            lease_id = secrets.token_hex(8)
+        lease = Lease(lease_id, **fields, since=self.wall(), expires=self.clock() + self.ttl)
         self.leases[lease.lease] = lease
+        self.changes += 1
         return {"ok": True, "lease": lease.lease, "ttl": self.ttl, "in_use": in_use + 1, "limit": self.limit}
 
     def renew(self, lease_id: str) -> dict:
         lease = self.leases.get(lease_id)
         if lease is None:
-            return {"ok": False, "error": "unknown_lease", "message": f"no lease {lease_id} (expired or released)"}
+            why = "the quota daemon restarted without it" if self.holding_back() else "expired or released"
+            return {"ok": False, "error": "unknown_lease", "message": f"no lease {lease_id} ({why})"}
         lease.expires = self.clock() + self.ttl
+        if lease_id in self.restored:
+            self.restored.discard(lease_id)
+            log.info("lease %s of %s on %s (%s) re-adopted after the restart", lease_id, *_who(lease))
         return {"ok": True, "ttl": self.ttl}
 
     def release(self, lease_id: str) -> dict:
-        self.leases.pop(lease_id, None)
+        if self.leases.pop(lease_id, None) is not None:
+            self.restored.discard(lease_id)
+            self.changes += 1
         return {"ok": True, "in_use": len(self.leases), "limit": self.limit}
 
 
+def parse_state(data: bytes, limit: int) -> tuple[float, list[dict]]:
+    """The ttl and the leases of a state file, checked as `Quota.snapshot` writes them; ValueError says what is off.
+
+    More leases than `limit` is an error: a count over the limit is never trusted.
+    """
+    most = state_bytes(limit)
+    if len(data) > most:
+        raise ValueError(f"{len(data)} bytes, more than the {most} a state of {limit} leases can take")
+    try:
+        state = json.loads(data)
+    except RecursionError:
+        raise ValueError("nested too deeply for a state file") from None
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(state, dict) or set(state) != {"version", "ttl", "leases"}:
+        raise ValueError("not a state file of this daemon: an object of version, ttl and leases")
+    if type(state["version"]) is not int or state["version"] != STATE_VERSION:
+        raise ValueError(f"version {_show(state['version'])}, where this daemon writes {STATE_VERSION}")
+    ttl, leases = state["ttl"], state["leases"]
+    if not _number(ttl) or not TTL_RANGE[0] <= ttl <= TTL_RANGE[1]:
+        raise ValueError(f"ttl {_show(ttl)}, not 1 to 300 s")
+    if not isinstance(leases, list):
+        raise ValueError("leases is not a list")
+    if len(leases) > limit:
+        raise ValueError(f"{len(leases)} leases, more than the limit of {limit}")
+    entries: dict[str, dict] = {}
+    for n, entry in enumerate(leases, 1):
+        if not isinstance(entry, dict) or set(entry) != _LEASE_KEYS:
+            raise ValueError(f"lease {n} is not an object of lease, agent, camera, mode and since")
+        lease_id, since = entry["lease"], entry["since"]
+        if not isinstance(lease_id, str) or not _LEASE_ID.fullmatch(lease_id):
+            raise ValueError(f"lease {n} has the id {_show(lease_id)}, not 16 hexadecimal digits")
+        if lease_id in entries:
+            raise ValueError(f"lease {lease_id} is there twice")
+        for key in ("agent", "camera"):
+            if not isinstance(entry[key], str) or not 0 < len(entry[key]) <= _MAX_LINE:
+                raise ValueError(f"lease {lease_id} has no {key}, or one too long")
+        if entry["mode"] not in MODES:
+            raise ValueError(f"lease {lease_id} has the mode {_show(entry['mode'])}, not live or playback")
+        if not _number(since) or not 0 <= since <= _LAST_SECOND:
+            raise ValueError(f"lease {lease_id} has the start {_show(since)}, not a time")
+        entries[lease_id] = {**entry, "since": float(since)}
+    return float(ttl), list(entries.values())
+
+
 class QuotaDaemon:
-    def __init__(self, config: QuotadConfig) -> None:
+    """The quota on a Unix socket; the leases in `config.state_file` (when set), written before a grant is answered."""
+
+    def __init__(self, config: QuotadConfig, clock: Callable[[], float] = time.monotonic, wall=time.time) -> None:
         self.config = config
-        self.quota = Quota(config.limit, config.ttl)
+        self.quota = Quota(config.limit, config.ttl, clock, wall)
+        self._saved = 0  # `quota.changes` as the state file holds them
+        self._unsaved: str | None = None  # why the state file could not be written, until it can
+
+    def restore(self) -> None:
+        """Take back the leases the earlier run saved; without a state to trust, refuse new ones for a ttl."""
+        path = self.config.state_file
+        if path is None:
+            self.quota.hold_back("no state_file is configured, so an earlier run's leases are unknown", logging.WARNING)
+            return
+        _remove_leftovers(path)
+        try:
+            saved = _read_state(path, state_bytes(self.config.limit))
+        except (OSError, ValueError) as exc:
+            self.quota.hold_back(f"the state file {path} cannot be read ({exc})")
+        else:
+            self.quota.restore(saved, f"the state file {path}")
+        self._saved = self.quota.changes
+
+    def answer(self, request: object) -> dict:
+        """The answer to one request; a grant is on disk before it is answered, or it is taken back."""
+        if not isinstance(request, dict):
+            return _bad("not a JSON object")
+        answer = self.quota.handle(request)
+        if self._save() or not (request.get("op") == "acquire" and answer.get("ok")):
+            return answer
+        self.quota.release(answer["lease"])  # a grant that a restart would forget is no grant
+        return {
+            "ok": False,
+            "error": "state_unwritable",
+            "in_use": len(self.quota.leases),
+            "limit": self.config.limit,
+            "message": "the quota daemon cannot write its leases to disk, and would forget this flow if it "
+            "restarted; no flow is admitted until it can (see its log)",
+        }
+
+    def _save(self) -> bool:
+        """Bring the state file up to the leases held; False (logged once) when it cannot be written."""
+        path, changes = self.config.state_file, self.quota.changes
+        if path is None or changes == self._saved:
+            return True
+        try:
+            # In the loop's thread on purpose: no other request is answered before the grant is on disk.
+            write_replacing(path, self.quota.snapshot(), 0o600)
+            _sync_directory(path.parent)
+        except OSError as exc:
+            if self._unsaved is None:
+                log.error("cannot write the leases to %s (%s): no flow is admitted until it can be", path, exc)
+            self._unsaved = str(exc)
+            return False
+        if self._unsaved is not None:
+            log.warning("the leases are written to %s again: flows are admitted", path)
+            self._unsaved = None
+        self._saved = changes
+        return True
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
+        self.restore()  # before the socket exists: no request is answered without what the earlier run left
         path = self.config.socket
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        server = await asyncio.start_unix_server(self._client, path=str(path), limit=_MAX_LINE)
+        # A client whose connection finds the listen queue full fails at once (EAGAIN), it does not
+        # wait: a deep queue lets a burst of requests wait its turn instead of being refused.
+        server = await asyncio.start_unix_server(self._client, path=str(path), limit=_MAX_LINE, backlog=_BACKLOG)
         path.chmod(0o660)
-        log.info("quota daemon: %d flows at most, leases of %g s, on %s", self.config.limit, self.config.ttl, path)
+        log.info(
+            "quota daemon: %d flows at most, leases of %g s, on %s, %s",
+            self.config.limit,
+            self.config.ttl,
+            path,
+            f"kept in {self.config.state_file}" if self.config.state_file else "kept in memory only",
+        )
         sweeper = asyncio.create_task(self._sweep())
         if ready is not None:
             ready.set()
@@ -170,7 +430,9 @@ class QuotaDaemon:
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(min(1.0, self.config.ttl / 4))
+            self.quota.holding_back()  # the log says when new flows are admitted again
             self.quota.expire()
+            self._save()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -186,8 +448,7 @@ class QuotaDaemon:
                     request = json.loads(line)
                 except ValueError:
                     request = None
-                answer = self.quota.handle(request) if isinstance(request, dict) else _bad("not a JSON object")
-                writer.write(_encode(answer))
+                writer.write(_encode(self.answer(request)))
                 await writer.drain()
         except ConnectionError:
             pass
@@ -195,6 +456,59 @@ class QuotaDaemon:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+def _read_state(path: Path, most: int) -> bytes | None:
+    """The state file's bytes (None when there is none): never through a link, never more than `most`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = b""
+        while len(data) <= most and (chunk := os.read(fd, most + 1 - len(data))):
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > most:
+        raise ValueError(f"larger than the {most} bytes a state of its limit can take")
+    return data
+
+
+def _remove_leftovers(path: Path) -> None:
+    """The temporary files a crash in the middle of a write left beside the state file (see `write_replacing`)."""
+    prefix = replacing_prefix(path.name)
+    with contextlib.suppress(OSError):
+        for name in os.listdir(path.parent):
+            if name.startswith(prefix) and name[len(prefix) :].isdigit():
+                (path.parent / name).unlink(missing_ok=True)
+
+
+def _sync_directory(directory: Path) -> None:
+    """Flush a directory, so that a file renamed into it is there after a power cut."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _who(lease: Lease) -> tuple[str, str, str]:
+    return lease.agent, lease.camera, lease.mode
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _show(value: object) -> str:
+    """A value read from a file, shown in a sentence: scalars cut short, containers by their kind."""
+    if value is None or isinstance(value, str | int | float | bool):
+        text = repr(value)
+        return text if len(text) <= 40 else f"{text[:37]}..."
+    return f"a {type(value).__name__}"
 
 
 class _Requests:

@@ -1,23 +1,28 @@
-"""The quota daemon: never more than the convention's 10 flows, slots freed when holders stop, fail closed."""
+"""The quota daemon: never more than the convention's 10 flows, slots freed when holders stop, fail closed,
+and a restart that never puts more than 10 on the wire."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import math
+import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from halfbridge.quotad import Quota, QuotaClient, QuotaDaemon, QuotadConfig, QuotaError
 from tests.support.waiting import wait_for
+
+QUOTAD = Path(sys.executable).parent / "halfbridge-quotad"
 
 
 class Clock:
@@ -87,44 +92,266 @@ def test_a_bad_request_is_a_sentence_and_takes_no_slot(request_, message):
     assert quota.handle(flow(1))["ok"]
 
 
+# -- a start: the leases of the earlier run taken back, or none granted for a ttl -----------
+
+
+def held(quota: Quota, n: int = 10) -> list[str]:
+    leases = [quota.handle(flow(k, "live" if k % 2 else "playback")) for k in range(n)]
+    assert all(answer["ok"] for answer in leases)
+    return [answer["lease"] for answer in leases]
+
+
+def test_after_a_start_that_knows_nothing_no_flow_is_granted_for_a_ttl_and_old_renewals_are_refused():
+    clock = Clock()
+    quota = Quota(limit=10, ttl=15, clock=clock)
+    quota.hold_back("no state_file is configured")
+    refused = quota.handle(flow(1))
+    assert (refused["ok"], refused["error"], refused["retry_after"]) == (False, "starting", 15)
+    assert "cannot know which flows of its earlier run are still on the wire" in refused["message"]
+    assert "never to exceed the 10 simultaneous flows" in refused["message"]
+    assert refused["message"].endswith("try again in 15 s")
+    renewal = quota.handle({"op": "renew", "lease": "0123456789abcdef"})
+    assert renewal["error"] == "unknown_lease" and "restarted without it" in renewal["message"]
+    clock.now += 14.2
+    assert quota.handle(flow(1))["retry_after"] == 1
+    assert quota.handle({"op": "list"})["starting"] == 1
+    clock.now += 0.8  # one ttl after the start: every lease of the earlier run has expired
+    assert "starting" not in quota.handle({"op": "list"})
+    held(quota)
+    assert quota.handle(flow(10))["error"] == "quota_full"
+
+
+def test_saved_leases_count_until_renewed_or_a_ttl_has_gone_by_and_a_renewal_re_adopts_one():
+    clock = Clock()
+    before = Quota(limit=10, ttl=15, clock=clock, wall=lambda: 1795080600.0)
+    leases = held(before)
+    restarted = Quota(limit=10, ttl=15, clock=clock)
+    restarted.restore(before.snapshot())
+    listed = restarted.handle({"op": "list"})
+    assert listed["in_use"] == 10 and "starting" not in listed
+    assert {x["lease"] for x in listed["leases"]} == set(leases)
+    assert listed["leases"][0]["since"] == "2026-11-19T09:30:00Z"
+    assert restarted.handle(flow(10))["error"] == "quota_full"  # the saved leases count: no grace needed
+    kept, ended = leases[:6], leases[6:]  # four flows ended while the daemon was down: their release was lost
+    for _ in range(2):
+        clock.now += 5
+        assert all(restarted.handle({"op": "renew", "lease": x})["ok"] for x in kept)
+        assert restarted.handle(flow(10))["error"] == "quota_full"
+    clock.now += 5  # 15 s after the start the four not renewed have expired; the six renewed are held
+    assert all(restarted.handle({"op": "renew", "lease": x})["ok"] for x in kept)
+    assert [restarted.handle(flow(k))["ok"] for k in range(10, 16)] == [True] * 4 + [False] * 2
+    assert {x["lease"] for x in restarted.handle({"op": "list"})["leases"]} >= set(kept)
+    assert restarted.handle({"op": "renew", "lease": ended[0]})["error"] == "unknown_lease"
+    assert restarted.handle({"op": "release", "lease": kept[0]})["ok"]
+    assert restarted.handle(flow(20))["ok"]
+
+
+def test_saved_leases_count_for_the_earlier_runs_ttl_when_it_was_longer():
+    clock = Clock()
+    before = Quota(limit=1, ttl=60, clock=clock)
+    held(before, 1)
+    restarted = Quota(limit=1, ttl=15, clock=clock)
+    restarted.restore(before.snapshot())
+    clock.now += 59
+    assert restarted.handle(flow(1))["error"] == "quota_full"
+    clock.now += 1
+    assert restarted.handle(flow(1))["ok"]
+
+
+def ten_saved() -> dict:
+    quota = Quota(limit=10, ttl=15)
+    held(quota)
+    return json.loads(quota.snapshot())
+
+
+def hostile(change) -> bytes:
+    state = ten_saved()
+    change(state)
+    return json.dumps(state).encode()
+
+
+def over_the_limit(state: dict) -> None:
+    state["leases"].append({**state["leases"][0], "lease": "f" * 16})
+
+
+HOSTILE = {
+    "empty": b"",
+    "torn": json.dumps(ten_saved()).encode()[:-40],
+    "not JSON": b"\x00\xff leases \x89PNG",
+    "not an object": b"[1, 2, 3]",
+    "nested too deeply": b"[" * 100_000 + b"]" * 100_000,
+    "too large": b" " * 10_000_000,
+    "eleven leases": hostile(over_the_limit),
+    "a lease twice": hostile(lambda s: s["leases"].__setitem__(1, s["leases"][0])),
+    "an id that is not one": hostile(lambda s: s["leases"][0].update(lease="../../etc")),
+    "a mode that is not one": hostile(lambda s: s["leases"][0].update(mode="export")),
+    "a start out of range": hostile(lambda s: s["leases"][0].update(since=1e308)),
+    "a start that is not a number": hostile(lambda s: s["leases"][0].update(since=True)),
+    "an agent that is not text": hostile(lambda s: s["leases"][0].update(agent=["a"])),
+    "a key more": hostile(lambda s: s["leases"][0].update(expires=0)),
+    "leases not a list": hostile(lambda s: s.update(leases={"a": 1})),
+    "a ttl out of range": hostile(lambda s: s.update(ttl=10**6)),
+    "another version": hostile(lambda s: s.update(version=2)),
+    "a version that is true": hostile(lambda s: s.update(version=True)),
+}
+
+
+@pytest.mark.parametrize("saved", HOSTILE.values(), ids=HOSTILE.keys())
+def test_a_damaged_or_hostile_state_is_not_trusted_nothing_is_taken_back_and_no_flow_is_granted_for_a_ttl(saved):
+    clock = Clock()
+    quota = Quota(limit=10, ttl=15, clock=clock)
+    quota.restore(saved, "the state file")
+    assert quota.handle({"op": "list"})["in_use"] == 0
+    assert quota.handle(flow(1))["error"] == "starting"
+    clock.now += 15
+    held(quota)
+    assert quota.handle(flow(10))["error"] == "quota_full"
+
+
+def test_no_saved_state_at_all_is_a_start_that_knows_nothing():
+    quota = Quota(limit=10, ttl=15, clock=Clock())
+    quota.restore(None, "the state file")
+    assert quota.handle(flow(1))["error"] == "starting"
+
+
+def mutations(seed: int, count: int):
+    """States a disk or a hand could leave: bytes flipped, cut or added, values swapped for others of any kind."""
+    rng = random.Random(seed)
+    good = json.dumps(ten_saved()).encode()
+    values = [None, True, 0, -1, 1e308, float("nan"), "", "x" * 5000, "live", [], {}, [[[]]], 15, "f" * 16]
+    for _ in range(count):
+        data = bytearray(good)
+        kind = rng.randrange(4)
+        if kind == 0:
+            for _ in range(rng.randint(1, 8)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        elif kind == 1:
+            del data[rng.randrange(len(data)) :]
+        elif kind == 2:
+            at = rng.randrange(len(data))
+            data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 50)))
+        else:
+            state = json.loads(good)
+            target = state if rng.random() < 0.3 else rng.choice(state["leases"])
+            target[rng.choice([*target, "extra"])] = rng.choice(values)
+            data = bytearray(json.dumps(state).encode())
+        yield bytes(data)
+
+
+def test_whatever_the_state_file_holds_the_start_never_fails_and_never_admits_more_than_the_limit():
+    for saved in mutations(seed=4, count=2000):
+        clock = Clock()
+        quota = Quota(limit=10, ttl=15, clock=clock)
+        quota.restore(saved, "the state file")
+        listed = quota.handle({"op": "list"})  # shows every lease taken back (`since` as a date)
+        assert listed["in_use"] <= 10
+        if "starting" in listed:  # not trusted: nothing taken back, nothing granted
+            assert listed["in_use"] == 0 and quota.handle(flow(99))["error"] == "starting"
+            continue
+        answers = [quota.handle(flow(n)) for n in range(11)]
+        assert sum(answer["ok"] for answer in answers) == 10 - listed["in_use"]
+        assert answers[-1]["error"] == "quota_full"
+
+
+# -- the daemon on its socket ------------------------------------------------
+
+
+def held_nothing(path: Path, ttl: float = 15) -> Path:
+    """The state an earlier run that held no lease leaves: the daemon grants at once."""
+    path.write_bytes(Quota(limit=10, ttl=ttl).snapshot())
+    return path
+
+
+class Served:
+    """A `QuotaDaemon` serving its socket from a thread of its own (with `clock`, time stands still).
+
+    Leaving the block stops it as SIGTERM does; entering another on the same configuration restarts it.
+    """
+
+    def __init__(self, config: QuotadConfig, clock: Clock | None = None) -> None:
+        self.daemon = QuotaDaemon(config, clock=clock or time.monotonic)
+        self.loop = asyncio.new_event_loop()
+        self.listening = threading.Event()
+        self.task = self.loop.create_task(self.daemon.serve(self.listening))  # serve() only calls ready.set()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                self.loop.run_until_complete(self.task)
+            connections = asyncio.all_tasks(self.loop)  # those still open when it stopped, as asyncio.run ends them
+            for task in connections:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*connections, return_exceptions=True))
+        finally:
+            self.listening.set()  # also when serve() failed: __enter__ raises what it raised
+            self.loop.close()
+
+    def __enter__(self) -> QuotaDaemon:
+        self.thread.start()
+        assert self.listening.wait(60), "the quota daemon did not listen"
+        if self.task.done():
+            self.task.result()
+        return self.daemon
+
+    def __exit__(self, *exc) -> None:
+        self.loop.call_soon_threadsafe(self.task.cancel)
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "the quota daemon did not stop"
+
+
+def together(path: Path, requests: list[dict]) -> list[dict]:
+    """Each request on a connection of its own, all sent before any answer is read: they are at the daemon at once.
+
+    The connections block (no timeout) while the daemon's listen backlog is full, where a
+    connection with a timeout would fail: a loaded machine makes this slower, never wrong.
+    """
+    with contextlib.ExitStack() as stack:
+        connections = []
+        for _ in requests:
+            connection = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+            connection.connect(str(path))
+            connections.append(connection)
+        for connection, request in zip(connections, requests, strict=True):
+            connection.sendall(json.dumps(request).encode() + b"\n")
+        answers = []
+        for connection in connections:
+            connection.settimeout(60)  # against a daemon that hangs; not a measure
+            answers.append(json.loads(connection.makefile("rb").readline()))
+    return answers
+
+
+def ask(path: Path, request: dict) -> dict:
+    return QuotaClient(path, timeout=60).ask(request)
+
+
 @pytest.fixture
 def daemon(tmp_path):
-    """The real daemon on a Unix socket, in a thread of its own."""
-    config = QuotadConfig(socket=tmp_path / "quotad.sock", limit=10, ttl=15)
-    loop = asyncio.new_event_loop()
-    ready = asyncio.Event()
-    task = loop.create_task(QuotaDaemon(config).serve(ready))
-
-    def run() -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            loop.run_until_complete(task)
-        loop.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    wait_for(lambda: config.socket.exists(), 5, "the quota socket")
-    yield config
-    loop.call_soon_threadsafe(task.cancel)
-    thread.join(5)
+    """The real daemon on a Unix socket, in a thread of its own; its clock stands still, so no lease expires."""
+    state = held_nothing(tmp_path / "leases.json")
+    config = QuotadConfig(socket=tmp_path / "quotad.sock", limit=10, ttl=15, state_file=state)
+    with Served(config, Clock()):
+        yield config
 
 
 def test_a_hundred_concurrent_requests_admit_exactly_ten(daemon):
-    client = QuotaClient(daemon.socket, timeout=10)
-    with ThreadPoolExecutor(max_workers=100) as pool:
-        answers = list(pool.map(lambda n: client.acquire(f"agent-{n}", "ver-gare-01", "live"), range(100)))
-    assert sum(1 for a in answers if a["ok"]) == 10
-    assert {a["error"] for a in answers if not a["ok"]} == {"quota_full"}
-    assert client.leases()["in_use"] == 10
+    answers = together(daemon.socket, [flow(n) for n in range(100)])
+    granted = {answer["lease"] for answer in answers if answer["ok"]}
+    assert len(granted) == 10
+    assert {answer["error"] for answer in answers if not answer["ok"]} == {"quota_full"}
+    listed = ask(daemon.socket, {"op": "list"})
+    assert listed["in_use"] == 10 and {lease["lease"] for lease in listed["leases"]} == granted
 
 
 def test_garbage_on_the_socket_is_answered_and_the_daemon_goes_on(daemon):
     with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(5)
         sock.connect(str(daemon.socket))
+        sock.settimeout(60)
         sock.sendall(b"not json\n" + b"x" * 10000 + b"\n")
         answers = sock.makefile().readline(), sock.makefile().readline()
     assert json.loads(answers[0])["error"] == "bad_request"
-    assert QuotaClient(daemon.socket).acquire("a", "ver-gare-01", "live")["ok"]
+    assert ask(daemon.socket, flow(1))["ok"]
 
 
 def test_without_the_daemon_no_flow_is_admitted(tmp_path):
@@ -132,15 +359,215 @@ def test_without_the_daemon_no_flow_is_admitted(tmp_path):
         QuotaClient(tmp_path / "absent.sock").acquire("a", "ver-gare-01", "live")
 
 
+class Wire:
+    """The leases that may have a flow on the wire, at the clock's time, whatever the holders do.
+
+    A lease counts from its grant until it is released or a ttl after its last renewal the
+    daemon accepted; a holder told its lease is unknown stops, but it is counted until then.
+    """
+
+    def __init__(self, clock: Clock, ttl: float) -> None:
+        self.clock, self.ttl = clock, ttl
+        self.until: dict[str, float] = {}
+
+    def granted(self, answers: list[dict]) -> list[str]:
+        leases = [answer["lease"] for answer in answers if answer["ok"]]
+        self.until.update((lease, self.clock.now + self.ttl) for lease in leases)
+        self.check()
+        return leases
+
+    def renew(self, path: Path, leases: list[str]) -> list[dict]:
+        answers = together(path, [{"op": "renew", "lease": lease} for lease in leases])
+        self.until.update(
+            (lease, self.clock.now + self.ttl) for lease, a in zip(leases, answers, strict=True) if a["ok"]
+        )
+        return answers
+
+    def release(self, path: Path, leases: list[str]) -> None:
+        assert all(answer["ok"] for answer in together(path, [{"op": "release", "lease": x} for x in leases]))
+        self.until.update((lease, self.clock.now) for lease in leases)
+
+    def on(self) -> int:
+        return sum(1 for until in self.until.values() if until > self.clock.now)
+
+    def check(self) -> None:
+        assert self.on() <= 10, f"{self.on()} flows on the wire"
+
+
+def unknowable(config: QuotadConfig) -> QuotadConfig:
+    return QuotadConfig(socket=config.socket, limit=10, ttl=15)
+
+
+def removed(config: QuotadConfig) -> QuotadConfig:
+    config.state_file.unlink()
+    return config
+
+
+def torn(config: QuotadConfig) -> QuotadConfig:
+    config.state_file.write_bytes(config.state_file.read_bytes()[:-30])
+    return config
+
+
+def swollen(config: QuotadConfig) -> QuotadConfig:
+    state = json.loads(config.state_file.read_bytes())
+    over_the_limit(state)
+    config.state_file.write_text(json.dumps(state))
+    return config
+
+
+def linked(config: QuotadConfig) -> QuotadConfig:
+    target = config.state_file.with_name("elsewhere.json")
+    config.state_file.rename(target)
+    config.state_file.symlink_to(target)
+    return config
+
+
+@pytest.mark.parametrize("restart", [unknowable, removed, torn, swollen, linked])
+def test_a_restart_that_cannot_trust_its_state_grants_nothing_until_the_old_flows_are_off_the_wire(tmp_path, restart):
+    """Ten flows on the wire, the daemon restarted, ten new requests racing in: never more than ten."""
+    clock = Clock()
+    state = held_nothing(tmp_path / "leases.json")
+    config = QuotadConfig(socket=tmp_path / "quotad.sock", limit=10, ttl=15, state_file=state)
+    wire = Wire(clock, ttl=15)
+    with Served(config, clock):
+        old = wire.granted(together(config.socket, [flow(n) for n in range(10)]))
+        assert len(old) == 10
+        clock.now += 5
+        assert all(answer["ok"] for answer in wire.renew(config.socket, old))
+    clock.now += 1  # down for a second; the relay's flows go on meanwhile
+    with Served(restart(config), clock):
+        started = clock.now
+        while clock.now < started + 15:
+            answers = together(config.socket, [flow(n) for n in range(10, 20)])
+            assert {answer["error"] for answer in answers} == {"starting"}
+            assert {answer["retry_after"] for answer in answers} == {math.ceil(started + 15 - clock.now)}
+            assert all(answer["message"].endswith(f"try again in {answers[0]['retry_after']} s") for answer in answers)
+            wire.granted(answers)
+            renewals = wire.renew(config.socket, old)  # the relay renews: its flows end
+            assert {answer["error"] for answer in renewals} == {"unknown_lease"}
+            clock.now += 2.5
+        new = wire.granted(together(config.socket, [flow(n) for n in range(10, 20)]))
+        assert len(new) == 10 and wire.on() == 10
+        assert ask(config.socket, flow(20))["error"] == "quota_full"
+
+
+def test_a_restart_with_its_state_keeps_the_flows_on_the_wire_and_counts_them(tmp_path):
+    """Ten flows on the wire, the daemon restarted, ten new requests racing in: the ten old flows go on."""
+    clock = Clock()
+    state = held_nothing(tmp_path / "leases.json")
+    config = QuotadConfig(socket=tmp_path / "quotad.sock", limit=10, ttl=15, state_file=state)
+    wire = Wire(clock, ttl=15)
+    with Served(config, clock):
+        old = wire.granted(together(config.socket, [flow(n) for n in range(10)]))
+        clock.now += 5
+        assert all(answer["ok"] for answer in wire.renew(config.socket, old))
+    clock.now += 1
+    kept = old[:6]  # four flows ended while the daemon was down: their releases were lost
+    with Served(config, clock):
+        started = clock.now
+        while clock.now < started + 15:
+            answers = together(config.socket, [flow(n) for n in range(10, 20)])
+            assert {answer["error"] for answer in answers} == {"quota_full"}
+            wire.granted(answers)
+            assert all(answer["ok"] for answer in wire.renew(config.socket, kept))  # re-adopted
+            clock.now += 5
+        new = wire.granted(together(config.socket, [flow(n) for n in range(10, 20)]))
+        assert len(new) == 4 and wire.on() == 10  # the four not renewed have expired
+        wire.release(config.socket, kept)
+        assert len(wire.granted(together(config.socket, [flow(n) for n in range(20, 30)]))) == 6
+
+
+def test_a_grant_that_cannot_be_written_is_taken_back_and_refused(tmp_path):
+    directory = tmp_path / "state"
+    directory.mkdir()
+    config = QuotadConfig(
+        socket=tmp_path / "quotad.sock", limit=10, ttl=15, state_file=held_nothing(directory / "leases.json")
+    )
+    with Served(config, Clock()):
+        assert ask(config.socket, flow(1))["ok"]
+        shutil.rmtree(directory)
+        refused = ask(config.socket, flow(2))
+        assert refused["error"] == "state_unwritable" and "would forget this flow" in refused["message"]
+        assert ask(config.socket, {"op": "list"})["in_use"] == 1
+        directory.mkdir()
+        granted = ask(config.socket, flow(3))["lease"]
+        assert granted in {x["lease"] for x in json.loads(config.state_file.read_bytes())["leases"]}
+
+
+def test_a_state_file_in_a_directory_that_does_not_exist_stops_the_start_with_a_sentence(tmp_path):
+    config = tmp_path / "quotad.json"
+    config.write_text(json.dumps({"socket": "q.sock", "limit": 10, "state_file": str(tmp_path / "no" / "s.json")}))
+    with pytest.raises(SystemExit, match=r"the directory of state_file .* does not exist"):
+        QuotadConfig.load(config)
+
+
+# -- the process -------------------------------------------------------------
+
+
+def quotad(tmp_path: Path, **settings) -> tuple[subprocess.Popen, Path, Path]:
+    """The daemon as its service runs it; returns it once it answers, with its socket and its log."""
+    sock, config, log = tmp_path / "quotad.sock", tmp_path / "quotad.json", tmp_path / "quotad.log"
+    config.write_text(json.dumps({"socket": str(sock), "limit": 10, **settings}))
+    with log.open("ab") as stderr:
+        process = subprocess.Popen([str(QUOTAD), str(config)], stderr=stderr)
+
+    def answers() -> bool:
+        assert process.poll() is None, f"the quota daemon stopped: {log.read_text()}"
+        with contextlib.suppress(QuotaError):
+            return ask(sock, {"op": "list"})["ok"]
+        return False
+
+    wait_for(answers, 60, "the quota daemon to answer", 0.05)
+    return process, sock, log
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+
+
+def test_a_daemon_killed_with_sigkill_keeps_every_lease_it_granted(tmp_path):
+    """A grant is on disk before it is answered: killed at any moment, the next run counts it."""
+    state = held_nothing(tmp_path / "leases.json", ttl=300)
+    process, sock, _ = quotad(tmp_path, ttl=300, state_file=str(state))  # 300 s: nothing expires during the test
+    try:
+        old = [answer["lease"] for answer in together(sock, [flow(n) for n in range(10)])]
+        process.send_signal(signal.SIGKILL)
+        process.wait(60)
+        process, sock, _ = quotad(tmp_path, ttl=300, state_file=str(state))
+        assert {answer["error"] for answer in together(sock, [flow(n) for n in range(10, 20)])} == {"quota_full"}
+        assert all(answer["ok"] for answer in together(sock, [{"op": "renew", "lease": x} for x in old]))
+        together(sock, [{"op": "release", "lease": x} for x in old])
+        assert all(answer["ok"] for answer in together(sock, [flow(n) for n in range(10, 20)]))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(60)
+
+
+def test_a_state_file_over_the_limit_does_not_stop_the_daemon_nor_admit_more(tmp_path):
+    state = tmp_path / "leases.json"
+    quota = Quota(limit=12, ttl=300)
+    held(quota, 12)
+    state.write_bytes(quota.snapshot())
+    process, sock, log = quotad(tmp_path, ttl=300, state_file=str(state))
+    try:
+        answers = together(sock, [flow(n) for n in range(10)])
+        assert {answer["error"] for answer in answers} == {"starting"}
+        assert all(1 <= answer["retry_after"] <= 300 for answer in answers)
+        assert ask(sock, {"op": "list"})["in_use"] == 0
+        assert f"the state file {state} cannot be trusted (12 leases, more than the limit of 10)" in log.read_text()
+    finally:
+        stop(process)
+
+
 def test_a_holder_killed_with_sigkill_frees_its_slots_within_the_lease_ttl(tmp_path):
     """Ten flows held by a process that renews them; SIGKILL it and the slots come back within the ttl."""
-    sock = tmp_path / "quotad.sock"
-    config = tmp_path / "quotad.json"
-    config.write_text(json.dumps({"socket": str(sock), "limit": 10, "ttl": 2}))
-    quotad = subprocess.Popen([str(Path(sys.executable).parent / "halfbridge-quotad"), str(config)])
+    state = held_nothing(tmp_path / "leases.json", ttl=2)
+    quotad_process, sock, _ = quotad(tmp_path, ttl=2, state_file=str(state))
     holder = None
     try:
-        wait_for(sock.exists, 10, "the quota socket")
         holder_code = (
             "import sys, time\n"
             "from halfbridge.quotad import QuotaClient\n"
@@ -164,5 +591,4 @@ def test_a_holder_killed_with_sigkill_frees_its_slots_within_the_lease_ttl(tmp_p
     finally:
         if holder is not None and holder.poll() is None:
             holder.kill()
-        quotad.send_signal(signal.SIGTERM)
-        assert quotad.wait(10) == 0
+        stop(quotad_process)

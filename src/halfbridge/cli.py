@@ -114,7 +114,7 @@ def quotad_main(argv: list[str] | None = None) -> int:
     from halfbridge.quotad import QuotaDaemon, QuotadConfig
 
     parser = argparse.ArgumentParser(prog="halfbridge-quotad", description=quotad_main.__doc__)
-    parser.add_argument("config", help="the JSON configuration (socket, limit, ttl)")
+    parser.add_argument("config", help="the JSON configuration (socket, limit, ttl, state_file)")
     args = parser.parse_args(argv)
     _logging(False)
     daemon = QuotaDaemon(QuotadConfig.load(args.config))

@@ -13,7 +13,9 @@ credentials.
 
 The recording always comes first: the tap never blocks the pipe. A flow that
 falls more than `MAX_PENDING` bytes behind is dropped (its flow ends, with a
-log line), the others go on.
+log line), the others go on. What a flow is given when it joins (the group since
+the last keyframe, up to `MAX_GOP`) does not count against it: a camera with
+long groups at a high bitrate can still be joined.
 """
 
 from __future__ import annotations
@@ -43,11 +45,12 @@ READ_SIZE = 1 << 16
 
 
 class _Flow:
-    __slots__ = ("conn", "pending")
+    __slots__ = ("conn", "pending", "allowed")
 
     def __init__(self, conn: socket.socket) -> None:
         self.conn = conn
         self.pending = bytearray()
+        self.allowed = MAX_PENDING  # raised by what the flow is given at its join, until it caught up
 
     def send(self, data: bytes) -> str | None:
         """Send what is pending, then `data`, without blocking; why the flow must be dropped, if it must."""
@@ -60,9 +63,16 @@ class _Flow:
             pass
         except OSError:
             return "left"  # the relay ended the flow
-        if len(self.pending) > MAX_PENDING:
+        if len(self.pending) <= MAX_PENDING:
+            self.allowed = MAX_PENDING
+        elif len(self.pending) > self.allowed:
             return f"fell {len(self.pending)} bytes behind the camera"
         return None
+
+    def join(self, data: bytes) -> str | None:
+        """The first send: the tables and the group so far, which may alone be more than MAX_PENDING."""
+        self.allowed = MAX_PENDING + len(data)
+        return self.send(data)
 
 
 class LiveTap:
@@ -123,7 +133,7 @@ class LiveTap:
                     conn.close()  # nothing is streaming: the relay says the camera is unavailable
                     continue
                 flow = _Flow(conn)
-                if flow.send(b"".join([self.tables, *self.gop])) is None:
+                if flow.join(b"".join([self.tables, *self.gop])) is None:
                     self.flows.append(flow)
                 else:
                     conn.close()

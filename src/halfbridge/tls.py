@@ -54,7 +54,7 @@ def describe(der: bytes) -> dict:
 
     `agent` is its common name; `serial` in hexadecimal; `fingerprint` the SHA-256 of the
     certificate; `client_auth` whether it names the clientAuth extended key usage;
-    `policies` its certificate policy OIDs.
+    `policies` its certificate policy OIDs; `not_before` and `not_after` its validity (Unix time).
     """
     cert = x509.load_der_x509_certificate(der)
     common = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
@@ -76,6 +76,8 @@ def describe(der: bytes) -> dict:
         "fingerprint": hashlib.sha256(der).hexdigest(),
         "client_auth": client_auth,
         "policies": policies,
+        "not_before": cert.not_valid_before_utc.timestamp(),
+        "not_after": cert.not_valid_after_utc.timestamp(),
     }
 
 
@@ -206,7 +208,9 @@ class Trust:
         found = [f"the CRL file {name} {why}" for name, why in sorted(self.unreadable.items())]
         for crl in self.crls.values():
             expiry = _expiry(crl)
-            if expiry is not None and expiry <= now:
+            if expiry is None:  # RFC 5280 requires it: without it, a stale CRL would be current forever
+                found.append(f"the CRL of {_name(crl.issuer)} has no nextUpdate, so it cannot be known current")
+            elif expiry <= now:
                 found.append(f"the CRL of {_name(crl.issuer)} expired at {expiry:%Y-%m-%dT%H:%M:%SZ}")
         issuers = {crl.issuer for crl in self.crls.values()}
         found += [
@@ -215,6 +219,34 @@ class Trust:
             if ca.subject not in issuers
         ]
         return found
+
+    def refusal(self, who: dict, now: dt.datetime | None = None) -> str | None:
+        """Why the certificate `who` (see `describe`) and the CAs above it may not be used now, or None.
+
+        The handshake checks all of this, but a resumed TLS session skips it: the relay asks on
+        every connection's first request, against the anchors and CRLs in force, not those of the
+        handshake.
+        """
+        now = now or dt.datetime.now(dt.UTC)
+        moment = now.timestamp()
+        if not who["not_before"] <= moment <= who["not_after"]:
+            when = dt.datetime.fromtimestamp(who["not_after"], dt.UTC)
+            return f"the certificate of {who['agent']} is not valid now (it expires at {when:%Y-%m-%dT%H:%M:%SZ})"
+        if self.revoked(who["issuer"], who["serial"]):
+            return f"the certificate of {who['agent']} has been revoked"
+        issuer = who["issuer"]
+        for _depth in range(8):  # up the chain of anchors, to a self-signed root
+            ca = next((ca for ca in self.anchors if _name(ca.subject) == issuer), None)
+            if ca is None:
+                return f"its issuer {issuer} is no longer a trust anchor"
+            if not ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
+                return f"the CA {issuer} is not valid now"
+            if ca.subject == ca.issuer:
+                return None
+            if self.revoked(_name(ca.issuer), f"{ca.serial_number:X}"):
+                return f"the CA {issuer} has been revoked"
+            issuer = _name(ca.issuer)
+        return f"the chain above {who['issuer']} is too long"
 
     def revoked(self, issuer: str, serial: str) -> bool:
         """Whether the CRL of `issuer` (RFC 4514) lists the certificate `serial` (hexadecimal)."""
@@ -287,7 +319,12 @@ def handshake_refusal(exc: BaseException) -> tuple[str, str]:
 
 class TLSSite(web.BaseSite):
     """An aiohttp site that accepts connections itself and makes each TLS handshake with the newest
-    `context()`, reporting every refused one to `refused(peer, certificate, kind, reason)`."""
+    `context()`, reporting every refused one to `refused(peer, certificate, kind, reason)`.
+
+    At most `per_peer` connections of one address are open at once: the next is closed as soon
+    as it is accepted, and reported to `cut(peer, reason, sentence)`. `protocol()` makes each
+    connection's HTTP protocol (the runner's server when not given).
+    """
 
     def __init__(
         self,
@@ -297,12 +334,20 @@ class TLSSite(web.BaseSite):
         context: Callable[[], ssl.SSLContext],
         refused: Callable[[str, dict, str, str], Awaitable[None]],
         backlog: int = 128,
+        handshake_seconds: float = HANDSHAKE_TIMEOUT,
+        per_peer: int = 32,
+        cut: Callable[[str, str, str], None] | None = None,
+        protocol: Callable[[], asyncio.Protocol] | None = None,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._host, self._port = host, port
         self.context, self.refused = context, refused
+        self.handshake_seconds, self.per_peer = handshake_seconds, per_peer
+        self.cut = cut or (lambda _peer, _reason, _sentence: None)
+        self.protocol = protocol
         self._socket: socket.socket | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._open: dict[str, list[socket.socket]] = {}  # by peer; a closed socket's fileno() is -1
 
     @property
     def name(self) -> str:
@@ -330,6 +375,20 @@ class TLSSite(web.BaseSite):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def connections(self) -> int:
+        """The connections open now (in their handshake or after), all peers together."""
+        for peer in list(self._open):
+            self._prune(peer)
+        return sum(len(sockets) for sockets in self._open.values())
+
+    def _prune(self, peer: str) -> list[socket.socket]:
+        sockets = [s for s in self._open.get(peer, ()) if s.fileno() != -1]
+        if sockets:
+            self._open[peer] = sockets
+        else:
+            self._open.pop(peer, None)
+        return sockets
+
     async def _accept(self, listening: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -339,13 +398,24 @@ class TLSSite(web.BaseSite):
                 log.error("TLS site %s: cannot accept a connection (%s)", self.name, exc)
                 await asyncio.sleep(1)
                 continue
-            self._spawn(self._handshake(connection, address[0]))
+            peer = address[0]
+            if len(self._prune(peer)) >= self.per_peer:
+                connection.close()
+                self.cut(peer, "per-peer-limit", f"{self.per_peer} connections of this address are open already")
+                continue
+            self._open.setdefault(peer, []).append(connection)
+            self._spawn(self._handshake(connection, peer))
 
     async def _handshake(self, connection: socket.socket, peer: str) -> None:
         # The socket is not read before its TLS layer exists: no byte of the ClientHello can be lost.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(
-                self._runner.server, connection, ssl=self.context(), ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+            await loop.connect_accepted_socket(
+                self.protocol or self._runner.server,
+                connection,
+                ssl=self.context(),
+                ssl_handshake_timeout=self.handshake_seconds,
             )
         except Exception as exc:  # every refusal is reported, none stops the site
             connection.close()
@@ -354,7 +424,12 @@ class TLSSite(web.BaseSite):
                 who = describe(der) if der else {}
             except ValueError:
                 who = {}
-            await self.refused(peer, who, *handshake_refusal(exc))
+            kind, reason = handshake_refusal(exc)
+            if kind in ("handshake-timeout", "client-left") and loop.time() - started >= self.handshake_seconds:
+                kind = "handshake-timeout"  # uvloop says so with a ConnectionAbortedError
+                reason = f"no TLS handshake within {self.handshake_seconds:g} s"
+                self.cut(peer, "handshake-deadline", reason)
+            await self.refused(peer, who, kind, reason)
 
     async def stop(self) -> None:
         for task in list(self._tasks):

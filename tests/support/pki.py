@@ -49,9 +49,11 @@ class TestCA:
         policies=(),
         expired: bool = False,
         names: tuple[str, ...] = (),
+        seconds: float | None = None,
     ) -> tuple[Path, Path]:
         """A key and a certificate; `usage=False` leaves out the extended key usage, `policies` are OIDs,
-        `expired` ended yesterday; `names` are the DNS names among the subject alternative names, with
+        `expired` ended yesterday, `seconds` ends that many seconds from now; `names` are the DNS names
+        among the subject alternative names, with
         the `addresses` (`localhost` when there are addresses and no names)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
@@ -63,7 +65,7 @@ class TestCA:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(days=10))
-            .not_valid_after(now + dt.timedelta(days=days))
+            .not_valid_after(now + dt.timedelta(seconds=seconds) if seconds is not None else now + dt.timedelta(days=days))
         )
         if usage:
             purpose = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from halfbridge.quotad import Quota
 from tests.support.auditd import Auditd
 from tests.support.camera import free_port, wait_listening
 from tests.support.pki import TestCA
@@ -47,7 +48,12 @@ class RelayLab:
         self.audit_log = self.auditd.log
         self.socket = workdir / "quotad.sock"
         self.quotad_config = workdir / "quotad.json"
-        self.quotad_config.write_text(json.dumps({"socket": str(self.socket), "limit": limit, "ttl": ttl}))
+        # The quota daemon's saved leases: none, as a first start finds them (else it holds back for a ttl).
+        state = workdir / "quotad-state.json"
+        state.write_bytes(Quota(limit, ttl).snapshot())
+        self.quotad_config.write_text(
+            json.dumps({"socket": str(self.socket), "limit": limit, "ttl": ttl, "state_file": str(state)})
+        )
         self.config = workdir / "relay.json"
         self.config.write_text(
             json.dumps(

@@ -112,3 +112,25 @@ def test_a_flow_that_leaves_is_forgotten(tap, clip):
     tap.feed(clip)
     tap.feed(clip)
     assert tap.connected() == 0
+
+
+def test_a_group_larger_than_the_lag_allowed_is_still_given_to_a_joining_flow(monkeypatch):
+    monkeypatch.setattr(live, "MAX_PENDING", 64 * 1024)
+    group = bytes(ts.PACKET) * (3 * 64 * 1024 // ts.PACKET)  # three times the lag allowed, as a long GOP
+    joining, viewer = socket.socketpair()
+    lagging, other = socket.socketpair()
+    for sock in (joining, lagging):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock.setblocking(False)
+    flow, behind = live._Flow(joining), live._Flow(lagging)
+    assert flow.join(group) is None, "what a flow is given at its join does not count as lag"
+    assert behind.send(group).startswith("fell"), "the same bytes as lag drop a flow"
+    viewer.settimeout(5)
+    got = 0
+    while got < len(group):  # the viewer reads; the tap sends what is pending at each feed
+        got += len(viewer.recv(1 << 16))
+        assert flow.send(b"") is None
+    assert got == len(group) and not flow.pending
+    assert flow.allowed == live.MAX_PENDING, "once caught up, the flow is held to the usual lag"
+    for sock in (joining, viewer, lagging, other):
+        sock.close()

@@ -8,6 +8,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from halfbridge.relay import Problem, Relay, RelayConfig, parse_time, stream_format
+from halfbridge.relay.problems import parameter
 
 
 @pytest.mark.parametrize(
@@ -78,7 +79,10 @@ def _relay(tmp_path, **changes) -> Relay:
 
 
 def _who(agent="agent-lab-01", client_auth=True, policies=(POLICY,)) -> dict:
-    return {"agent": agent, "client_auth": client_auth, "policies": list(policies)}
+    return {
+        "agent": agent, "client_auth": client_auth, "policies": list(policies),
+        "issuer": "CN=PP Agents CA", "serial": "1F", "not_before": 0.0, "not_after": 4102444800.0,
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -93,17 +97,17 @@ def _who(agent="agent-lab-01", client_auth=True, policies=(POLICY,)) -> dict:
 )
 def test_who_may_not_come_in_is_told_why(tmp_path, who, kind, sentence):
     relay = _relay(tmp_path, designated_agents=["agent-lab-01"], certificate_policies=[POLICY])
-    refusal = relay._refusal(who)
+    refusal = relay.gate.refusal(who)
     assert refusal.status == 403 and refusal.kind == kind and sentence in refusal.detail
 
 
 def test_a_designated_agent_with_the_right_certificate_comes_in(tmp_path):
     relay = _relay(tmp_path, designated_agents=["agent-lab-01"], certificate_policies=[POLICY])
-    assert relay._refusal(_who(policies=("1.2.3.4", POLICY))) is None
+    assert relay.gate.refusal(_who(policies=("1.2.3.4", POLICY))) is None
     without_policies = _relay(tmp_path, designated_agents=["agent-lab-01"])
-    assert without_policies._refusal(_who(policies=())) is None
+    assert without_policies.gate.refusal(_who(policies=())) is None
     nobody = _relay(tmp_path)
-    assert nobody._refusal(_who()).kind == "not-designated"
+    assert nobody.gate.refusal(_who()).kind == "not-designated"
 
 
 @pytest.mark.parametrize(
@@ -144,7 +148,7 @@ def test_an_unreadable_recorder_status_is_said_so(tmp_path, content, shown):
     state.mkdir()
     if content is not None:
         (state / "ver-gare-01.status.json").write_bytes(content)
-    said = _relay(tmp_path, recorder_state_dir=str(state))._recorder_status("ver-gare-01")
+    said = _relay(tmp_path, recorder_state_dir=str(state)).catalog.recorder_status("ver-gare-01")
     assert shown.items() <= said.items()
 
 
@@ -153,7 +157,32 @@ def test_a_recorder_status_reaches_the_pp_bounded_and_escaped(tmp_path):
     state.mkdir()
     hostile = {"state": "down\x1b[2J", "since": 12, "last_error": "e" * 2000, "video": ["h264"], "extra": "x"}
     (state / "ver-gare-01.status.json").write_text(json.dumps(hostile))
-    said = _relay(tmp_path, recorder_state_dir=str(state))._recorder_status("ver-gare-01")
+    said = _relay(tmp_path, recorder_state_dir=str(state)).catalog.recorder_status("ver-gare-01")
     assert set(said) == {"state", "down_since", "last_error", "video", "audio"}
     assert "\x1b" not in said["state"] and said["down_since"] == "12" and said["audio"] is None
     assert len(said["last_error"]) == 512 and said["last_error"].endswith("…")
+
+
+def test_a_parameter_given_twice_is_a_400_and_a_retry_after_is_sent_with_its_problem():
+    with pytest.raises(Problem) as refused:
+        parameter(make_mocked_request("GET", "/v1/x?from=a&from=b"), "from")
+    assert refused.value.status == 400 and "`from` is given 2 times" in refused.value.detail
+    assert parameter(make_mocked_request("GET", "/v1/x?to=a"), "from") is None
+    response = Problem(503, "quota-starting", "try again in 7 s", retry_after=7).response()
+    assert response.headers["Retry-After"] == "7" and response.content_type == "application/problem+json"
+    assert "Retry-After" not in Problem(503, "x", "y", retry_after=1e9).response().headers
+
+
+@pytest.mark.parametrize(
+    ("changes", "sentence"),
+    [
+        ({"header_seconds": 0}, "from 0 to 3600 seconds"),
+        ({"idle_seconds": "30"}, "from 0 to 3600 seconds"),
+        ({"max_connections_per_peer": 0}, "max_connections_per_peer is a whole number from 1 to 4096"),
+        ({"max_headers": True}, "max_headers is a whole number"),
+    ],
+)
+def test_connection_limits_out_of_bounds_stop_the_relay_with_a_sentence(tmp_path, changes, sentence):
+    with pytest.raises(SystemExit) as stopped:
+        RelayConfig.load(_config(tmp_path, **changes))
+    assert sentence in str(stopped.value)

@@ -107,3 +107,39 @@ def test_a_refused_handshake_is_told_in_words():
     assert handshake_refusal(old) == ("unsupported-protocol", "the client offered only protocols older than TLS 1.2")
     assert handshake_refusal(TimeoutError())[0] == "handshake-timeout"
     assert handshake_refusal(ConnectionResetError())[0] == "client-left"
+
+
+def test_a_certificate_is_refused_when_it_or_a_ca_above_it_is_not_valid_now(tmp_path):
+    """What the relay asks on every connection: a resumed TLS session skipped the handshake's checks."""
+    ca = TestCA(tmp_path)
+    crl_dir = tmp_path / "crl"
+    crl_dir.mkdir()
+    good, brief = ca.issue("agent-dupont")[0], ca.issue("agent-brief", seconds=60)[0]
+    ca.crl(crl_dir / "test.crl")
+    trust = Trust.load(ca.path, crl_dir)
+    now = dt.datetime.now(dt.UTC)
+    assert trust.refusal(describe(_der(good)), now) is None
+    assert trust.refusal(describe(_der(brief)), now) is None
+    later = now + dt.timedelta(minutes=5)
+    assert "is not valid now" in trust.refusal(describe(_der(brief)), later)
+    ca.crl(crl_dir / "test.crl", revoked=(good,))
+    assert "has been revoked" in Trust.load(ca.path, crl_dir).refusal(describe(_der(good)), now)
+    (tmp_path / "other").mkdir()
+    stranger = TestCA(tmp_path / "other", "Other CA")
+    assert "no longer a trust anchor" in trust.refusal(describe(_der(stranger.issue("agent-x")[0])), now)
+
+
+def test_a_crl_without_next_update_is_a_trust_problem(tmp_path):
+    ca = TestCA(tmp_path)
+    crl_dir = tmp_path / "crl"
+    crl_dir.mkdir()
+    ca.crl(crl_dir / "test.crl")
+    trust = Trust.load(ca.path, crl_dir)
+
+    class Forever:  # a CRL as a careless CA could publish it: RFC 5280 requires nextUpdate
+        issuer = ca.cert.subject
+        next_update_utc = None
+
+    trust.crls = {"test.crl": Forever()}
+    (problem,) = trust.problems()
+    assert problem == "the CRL of CN=Test CA,O=Halfbridge tests has no nextUpdate, so it cannot be known current"

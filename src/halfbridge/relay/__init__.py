@@ -1,0 +1,31 @@
+"""The stream relay: live and recorded flows of SYN's cameras to the PP, at most 10 at once.
+
+An HTTPS service on the interconnect (aiohttp). Every request presents a client
+certificate; every flow holds a lease of the quota daemon for as long as the
+client reads. Live flows are the camera's stream as its recorder receives it,
+from the recorder's live tap (`halfbridge.live`), never transcoded; playback
+sends the recorded MPEG-TS bytes from the keyframe at or before the asked start
+(see `halfbridge.ts`). Flows are MPEG-TS (the default) or fragmented MP4
+(`?format=mp4` or `Accept: video/mp4`, see `halfbridge.fmp4`). Every request,
+accepted or refused, and every flow's start and end go to the audit log.
+
+One module per job:
+
+- `app`: the application, its routes and what every request goes through (`Relay`);
+- `identity`: who the client certificate names, and whether they may come in;
+- `trust`: the PP's anchors and CRLs in force, and the TLS context they make;
+- `flows`: a flow's admission by the quota daemon, its renewal and its end;
+- `sources`: a flow's bytes, from a recorder's live tap or from the recordings;
+- `recordings`: the segments, spans and gaps of a range, and the recorders' status;
+- `connections`: the deadlines and limits that hold each connection;
+- `problems`: refusals as problem+json, and bounded reading of what a client asks;
+- `metrics`: the counters, and their Prometheus exposition;
+- `config`: the configuration file.
+"""
+
+from halfbridge.relay.app import Relay
+from halfbridge.relay.config import RelayConfig
+from halfbridge.relay.problems import Problem, parse_time, stream_format
+from halfbridge.relay.sources import REORDER
+
+__all__ = ["REORDER", "Problem", "Relay", "RelayConfig", "parse_time", "stream_format"]

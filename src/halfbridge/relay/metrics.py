@@ -1,0 +1,130 @@
+"""The relay's counters, and their Prometheus exposition on the management side (/metrics)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from halfbridge.metrics import family, gauge
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _count(counter: dict, key) -> None:
+    counter[key] = counter.get(key, 0) + 1
+
+
+@dataclass
+class Metrics:
+    requests: dict[int, int] = field(default_factory=dict)
+    refusals: dict[str, int] = field(default_factory=dict)
+    bytes: dict[str, int] = field(default_factory=lambda: {"live": 0, "playback": 0})
+    flows: dict[str, int] = field(default_factory=lambda: {"live": 0, "playback": 0})
+    durations: dict[str, list[float]] = field(default_factory=lambda: {"live": [0.0, 0], "playback": [0.0, 0]})
+    handshakes_refused: dict[str, int] = field(default_factory=dict)
+    # Connections the relay closed itself, by reason (halfbridge.relay.connections).
+    connections_cut: dict[str, int] = field(default_factory=dict)
+
+    def refused(self, kind: str) -> None:
+        _count(self.refusals, kind)
+
+    def answered(self, status: int) -> None:
+        _count(self.requests, status)
+
+    def handshake_refused(self, kind: str) -> None:
+        _count(self.handshakes_refused, kind)
+
+    def cut(self, reason: str) -> None:
+        _count(self.connections_cut, reason)
+
+    def ended(self, mode: str, seconds: float) -> None:
+        self.durations[mode][0] += seconds
+        self.durations[mode][1] += 1
+
+    def lines(
+        self,
+        quota: dict | None,
+        open_flows: int,
+        connections: int,
+        suspended: bool,
+        checkable: bool,
+        crl_expiries: dict[str, dt.datetime | None],
+    ) -> list[str]:
+        """Every family; `quota` is the quota daemon's answer to `list`, None when it does not answer."""
+        up = quota is not None
+        quota = quota or {}
+        return [
+            *gauge("halfbridge_quota_up", "1 when the quota daemon answers.", int(up)),
+            *gauge("halfbridge_flows_in_use", "Quota slots in use (all relays).", quota.get("in_use", 0)),
+            *gauge("halfbridge_flows_limit", "Simultaneous flows the convention allows.", quota.get("limit", 0)),
+            *gauge("halfbridge_relay_open_flows", "Flows this relay is serving.", open_flows),
+            *gauge("halfbridge_relay_connections", "TLS connections open on the PP's side.", connections),
+            *gauge(
+                "halfbridge_interconnect_suspended",
+                "1 while SYN has suspended the interconnect (article 8).",
+                int(suspended),
+            ),
+            *gauge(
+                "halfbridge_revocation_checkable",
+                "1 while every CA of the PP's PKI has a current CRL; 0: nobody gets in (article 6).",
+                int(checkable),
+            ),
+            *family(
+                "halfbridge_crl_next_update_timestamp_seconds",
+                "gauge",
+                "When each CRL in force expires (nextUpdate, Unix time): alert well before.",
+                (
+                    (f'{{issuer="{_label(issuer)}"}}', f"{when.timestamp():.0f}")
+                    for issuer, when in crl_expiries.items()
+                    if when
+                ),
+            ),
+            *family(
+                "halfbridge_tls_handshakes_refused_total",
+                "counter",
+                "TLS handshakes refused, by reason (revoked, expired, unknown CA, old protocol...).",
+                ((f'{{reason="{k}"}}', v) for k, v in sorted(self.handshakes_refused.items())),
+            ),
+            *family(
+                "halfbridge_relay_connections_cut_total",
+                "counter",
+                "Connections the relay closed itself, by reason (per-peer limit, handshake, header or idle deadline, "
+                "stalled reader).",
+                ((f'{{reason="{k}"}}', v) for k, v in sorted(self.connections_cut.items())),
+            ),
+            *family(
+                "halfbridge_relay_requests_total",
+                "counter",
+                "Requests answered, by status.",
+                ((f'{{status="{k}"}}', v) for k, v in sorted(self.requests.items())),
+            ),
+            *family(
+                "halfbridge_relay_refusals_total",
+                "counter",
+                "Requests refused, by reason.",
+                ((f'{{reason="{k}"}}', v) for k, v in sorted(self.refusals.items())),
+            ),
+            *family(
+                "halfbridge_relay_flows_total",
+                "counter",
+                "Flows started, by mode.",
+                ((f'{{mode="{k}"}}', v) for k, v in self.flows.items()),
+            ),
+            *family(
+                "halfbridge_relay_bytes_total",
+                "counter",
+                "Bytes sent, by mode.",
+                ((f'{{mode="{k}"}}', v) for k, v in self.bytes.items()),
+            ),
+            *family(
+                "halfbridge_relay_flow_seconds",
+                "summary",
+                "Durations of ended flows, by mode.",
+                [
+                    *((f'_sum{{mode="{k}"}}', f"{v[0]:.3f}") for k, v in self.durations.items()),
+                    *((f'_count{{mode="{k}"}}', v[1]) for k, v in self.durations.items()),
+                ],
+            ),
+        ]

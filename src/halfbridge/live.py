@@ -45,7 +45,7 @@ READ_SIZE = 1 << 16
 
 
 class _Flow:
-    __slots__ = ("conn", "pending", "allowed")
+    __slots__ = ("allowed", "conn", "pending")
 
     def __init__(self, conn: socket.socket) -> None:
         self.conn = conn

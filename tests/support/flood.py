@@ -4,7 +4,8 @@
 
 Each connection completes a TLS handshake without a client certificate, then either
 sends nothing (idle) or its headers a byte a second (slowloris). The line says, per
-kind, how many could not connect (the firewall), how many were closed by the relay
+kind, how many could not connect (the firewall dropped them, or the relay closed them
+before any TLS), how many were closed by the relay after the handshake
 and after how long, and how many were still open after SECONDS. Standard library
 only: it runs on any host with Python 3.
 """
@@ -51,7 +52,8 @@ async def main(host: str, port: int, idle: int, slow: int, seconds: float) -> di
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     out = {kind: {"unconnected": 0, "closed_after": [], "still_open": 0} for kind in ("idle", "slow")}
-    kinds = ["idle"] * idle + ["slow"] * slow
+    kinds = [kind for pair in zip(["idle"] * idle, ["slow"] * slow, strict=False) for kind in pair]
+    kinds += ["idle"] * (idle - len(kinds) // 2) + ["slow"] * (slow - len(kinds) // 2)  # interleaved, then the rest
     await asyncio.gather(*(one(host, port, kind, seconds, context, out) for kind in kinds))
     return out
 

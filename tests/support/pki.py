@@ -58,6 +58,7 @@ class TestCA:
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         days = -1 if expired else 30
+        ends = now + (dt.timedelta(seconds=seconds) if seconds is not None else dt.timedelta(days=days))
         builder = (
             x509.CertificateBuilder()
             .subject_name(_name(cn))
@@ -65,7 +66,7 @@ class TestCA:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(days=10))
-            .not_valid_after(now + dt.timedelta(seconds=seconds) if seconds is not None else now + dt.timedelta(days=days))
+            .not_valid_after(ends)
         )
         if usage:
             purpose = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH

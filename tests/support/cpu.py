@@ -46,3 +46,8 @@ def tree_cpu_precise(pid: int) -> float:
         except (FileNotFoundError, ProcessLookupError):
             continue
     return total
+
+
+def trees_cpu(pids) -> float:
+    """User + system CPU seconds of several live process trees together (see `tree_cpu`)."""
+    return sum(tree_cpu(pid) for pid in pids)

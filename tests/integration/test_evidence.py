@@ -22,8 +22,13 @@ FOLD_SECONDS = 5
 
 @pytest.fixture
 def lab(tmp_path, camera):
+    # 64 handshakes at once from one address: above the relay's usual per-peer limit, which closes
+    # the connections beyond it before any TLS (they are no authentication to record).
     relay = RelayLab(
-        tmp_path, [{"id": camera.id, "name": "Simulated", "site": "Test"}], handshake_fold_seconds=FOLD_SECONDS
+        tmp_path,
+        [{"id": camera.id, "name": "Simulated", "site": "Test"}],
+        handshake_fold_seconds=FOLD_SECONDS,
+        max_connections_per_peer=128,
     )
     relay.start()
     relay.record(camera)

@@ -192,7 +192,8 @@ def test_a_camera_that_goes_down_ends_its_live_flow_and_refuses_new_ones(lab, ca
     # The recorder's watchdog ends the run, and the flow with it; the slot is free.
     wait_for(lambda: [e for e in lab.audit() if e["event"] == "flow.end"], 30, "the live flow to end")
     flow.close()
-    assert QuotaClient(lab.socket).leases()["in_use"] == 0
+    # Its end is recorded, then its slot freed.
+    wait_for(lambda: QuotaClient(lab.socket).leases()["in_use"] == 0, 5, "the flow's slot to be freed")
     answer = lab.get(f"/v1/cameras/{camera.id}/live")
     assert answer.status == 502, answer.body
     assert answer.json()["detail"] == f"camera {camera.id} is not sending right now: it may be down (see /v1/cameras)"

@@ -91,5 +91,11 @@ class Folder:
         return entries
 
 
+def folded_line(fields: dict, what: str) -> str:
+    """The log line of one peer's folded window: `N more WHAT from PEER in the last window (reason: n, ...)`."""
+    reasons = ", ".join(f"{kind}: {n}" for kind, n in fields["reasons"].items())
+    return f"{fields['folded']} more {what} from {fields['peer']} in the last window ({reasons})"
+
+
 def _iso(moment: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))

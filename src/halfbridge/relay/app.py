@@ -22,6 +22,7 @@ import time
 from aiohttp import web
 
 from halfbridge.audit import AuditClient, AuditError, clean_text
+from halfbridge.folding import folded_line
 from halfbridge.interconnect import Interconnect, Suspension
 from halfbridge.metrics import exposition
 from halfbridge.quotad import AsyncQuotaClient, QuotaError
@@ -345,12 +346,7 @@ class Relay:
     async def _write_folded(self) -> None:
         """The refused handshakes of the window that ends, counted per peer: one entry each."""
         for fields in self.folder.flush():
-            log.warning(
-                "relay: %d more TLS handshakes from %s refused in the last window (%s)",
-                fields["folded"],
-                fields["peer"],
-                ", ".join(f"{k}: {n}" for k, n in fields["reasons"].items()),
-            )
+            log.warning("relay: %s", folded_line(fields, "TLS handshakes refused"))
             try:
                 await asyncio.to_thread(
                     self.audit.append, "auth.refused.folded", result="refused", stage="handshake", **fields

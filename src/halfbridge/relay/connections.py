@@ -30,7 +30,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from halfbridge.folding import Folder
+from halfbridge.folding import Folder, folded_line
 from halfbridge.relay.problems import Problem
 
 log = logging.getLogger("halfbridge.relay")
@@ -64,12 +64,7 @@ class Cuts:
         if not self.folder.due():
             return
         for fields in self.folder.flush():
-            log.warning(
-                "relay: %d more connections from %s closed in the last window (%s)",
-                fields["folded"],
-                fields["peer"],
-                ", ".join(f"{k}: {n}" for k, n in fields["reasons"].items()),
-            )
+            log.warning("relay: %s", folded_line(fields, "connections closed"))
 
 
 class Connection(RequestHandler):

@@ -230,7 +230,14 @@ def test_every_stream_profile_is_recorded_whole_without_its_sound(tmp_path, cams
     for seg in segments:
         path = recorder.path(seg)
         decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True)
-        assert decoded.returncode == 0 and not decoded.stderr, (seg.name, decoded.stderr[-500:])
+        # The null muxer's complaint about two decoded frames with one output timestamp (the B-frames
+        # of an open GOP at a file's start) says nothing of the recording; the decoder's errors do.
+        complaints = [
+            line
+            for line in decoded.stderr.decode(errors="replace").splitlines()
+            if "non monotonically increasing dts to muxer" not in line and "Last message repeated" not in line
+        ]
+        assert decoded.returncode == 0 and not complaints, (seg.name, decoded.stderr[-500:])
         kinds = subprocess.run(
             ["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,codec_name", "-of", "json", str(path)],
             capture_output=True, text=True, timeout=30, check=True,

@@ -105,7 +105,7 @@ def test_each_pp_contact_got_one_suspension_email_in_french(lab_host, incident):
     paris = when(since).astimezone(ZoneInfo("Europe/Paris")).strftime("%d/%m/%Y à %H:%M:%S")
     assert f"Référence de l'incident : {INCIDENT}" in body
     assert f"Heure de l'interruption : {paris} (heure de Paris)" in body
-    assert contacts["syn"][0]["name"] in body and contacts["syn"][0]["phone"] in body
+    assert contacts["partner"][0]["name"] in body and contacts["partner"][0]["phone"] in body
     assert host_var("gw", "halfbridge_convention")["reference"] in cut[0]["Subject"]
 
 

@@ -41,7 +41,7 @@ attributes:
   diff_mode:
     support: none
     description: Nothing is changed, so there is nothing to diff.
-author: SYN half-gateway maintainers
+author: Partner half-gateway maintainers
 """
 
 EXAMPLES = r"""

@@ -74,7 +74,7 @@ attributes:
   diff_mode:
     support: none
     description: Nothing is rewritten.
-author: SYN half-gateway maintainers
+author: Partner half-gateway maintainers
 """
 
 EXAMPLES = r"""

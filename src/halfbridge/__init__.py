@@ -1,3 +1,3 @@
-"""SYN's partner half-gateway: the daemons behind the video-protection interconnect."""
+"""The partner's half-gateway: the daemons behind the video-protection interconnect with the PP's PVPP."""
 
 __version__ = "0.1.0"

@@ -1,8 +1,8 @@
 """The half-gateway's audit log: bounded JSON lines in a chain keyed with a secret only the writer holds.
 
 Every daemon (recorder, relay, retention, CRL refresh) and every operation
-(incident, change notice) records here what the convention asks SYN to be
-able to prove: authentications, flows, destructions, interruptions. One
+(incident, change notice) records here what the convention asks the partner
+to be able to prove: authentications, flows, destructions, interruptions. One
 process writes the file: `halfbridge-auditd` (`halfbridge.auditd`), under
 its own user; the others send it entries over a Unix socket
 (`AuditClient`). Each line is one JSON object:
@@ -15,7 +15,7 @@ can write the file but does not hold the key cannot edit an entry and
 recompute the chain. Each file starts with the writer's own entry
 (`audit.opened` for the first, `audit.rotated` after a rotation), so lines
 cut off the front of a file are noticed; a keyed head file and the
-checkpoints forwarded to SYN's collector notice lines cut off the end.
+checkpoints forwarded to the partner's collector notice lines cut off the end.
 
 This module holds what the writer and the readers share: the bounds and
 cleaning of fields, the keyed hash, reading, `verify`, `query` and the CSV

@@ -19,7 +19,7 @@ which continues the chain. Rotated files older than a month are compressed
 (the forwarder reads plain files only: a month to catch up after an outage),
 and those older than the history kept are removed (`audit.expired`).
 Every `checkpoint_seconds` it seals the head (seq and hash) in `audit.head`
-and appends it to `audit.checkpoints`, which rsyslog forwards to SYN's
+and appends it to `audit.checkpoints`, which rsyslog forwards to the partner's
 collector with the entries (docs/collector.md).
 """
 

@@ -254,12 +254,18 @@ def _audit_verify(args) -> int:
     return 0 if verdict.ok else 1
 
 
+# The events a playbook may record (`halfbridge-audit record`): the change
+# window's and the notices' (change.*), the convention's end (convention.*).
+PLAYBOOK_EVENTS = ("change.", "convention.")
+
+
 def _audit_record(socket_path: str, event: str, fields: str) -> int:
     """One entry written for a playbook; the daemons' own events cannot be forged this way."""
     from halfbridge.audit import AuditClient, AuditError
 
-    if not event.startswith("change.") or len(event) > 64:
-        print(f"halfbridge-audit: record writes change.* events only, not {event!r}", file=sys.stderr)
+    if not event.startswith(PLAYBOOK_EVENTS) or len(event) > 64:
+        allowed = ", ".join(prefix + "*" for prefix in PLAYBOOK_EVENTS)
+        print(f"halfbridge-audit: record writes {allowed} events only, not {event!r}", file=sys.stderr)
         return 2
     try:
         values = json.loads(fields)
@@ -298,34 +304,76 @@ def auditd_main(argv: list[str] | None = None) -> int:
 
 
 def interconnect_main(argv: list[str] | None = None) -> int:
-    """halfbridge-interconnect: suspend or restore the interconnect for an incident, record its notifications.
+    """halfbridge-interconnect: suspend or restore the interconnect for an incident, record its notifications,
+    escalate an incident still open.
 
     Prints the state as JSON (times in UTC and in Paris time) for the incident playbooks' e-mails.
     """
     from halfbridge.audit import DEFAULT_SOCKET, AuditClient, AuditError
-    from halfbridge.interconnect import DEFAULT_STATE, KINDS, Interconnect, InterconnectError
+    from halfbridge.config import ConfigError
+    from halfbridge.interconnect import (
+        DEFAULT_CONFIG,
+        DEFAULT_STATE,
+        KINDS,
+        Interconnect,
+        InterconnectError,
+        notification_defaults,
+        parse_occurred_at,
+    )
 
     parser = argparse.ArgumentParser(prog="halfbridge-interconnect", description=interconnect_main.__doc__)
     parser.add_argument("--state", default=str(DEFAULT_STATE), help=f"the state file (default {DEFAULT_STATE})")
     parser.add_argument("--audit-socket", default=str(DEFAULT_SOCKET), help="the audit writer, which records each step")
+    parser.add_argument(
+        "--config",
+        default=str(DEFAULT_CONFIG),
+        help=f"the incidents' configuration, for escalate and suspend's defaults (default {DEFAULT_CONFIG})",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("status", help="open, or suspended since when and why")
     cut = sub.add_parser("suspend", help="record a cut for an incident (the firewall and the relay act on it)")
     cut.add_argument("--incident", required=True)
     cut.add_argument("--reason", required=True)
-    cut.add_argument("--notify-hours", type=float, default=8.0, help="the PP must be told within (article 8)")
+    cut.add_argument(
+        "--occurred-at",
+        help="when the incident happened: ISO 8601 with Z or an offset, or 'YYYY-MM-DD HH:MM' in Paris time "
+        "(default: now); the notification deadline counts from it",
+    )
+    cut.add_argument(
+        "--notify-hours",
+        type=float,
+        help="the PP must be told within this many hours of the incident (article 8; default: the configuration's)",
+    )
+    cut.add_argument(
+        "--signed-on",
+        type=_day,
+        help="the convention's signature (YYYY-MM-DD): an incident before it is refused (default: the configuration's)",
+    )
     told = sub.add_parser("notified", help="record an e-mail sent to the PP")
     told.add_argument("--incident", required=True)
     told.add_argument("--kind", choices=KINDS, required=True)
     told.add_argument("--to", action="append", required=True, help="a recipient (repeat for each)")
     back = sub.add_parser("restore", help="record the end of a suspension (by the incident that cut)")
     back.add_argument("--incident", required=True)
+    climb = sub.add_parser(
+        "escalate", help="e-mail the next level of contacts about an incident still open (the timer's job)"
+    )
+    climb.add_argument("--check", action="store_true", help="read the configuration and its template; send nothing")
     args = parser.parse_args(argv)
+    if args.command == "escalate":
+        return _escalate(args.config, args.check)
     state = Interconnect(args.state, AuditClient(args.audit_socket))
     try:
         before = state.current()
         if args.command == "suspend":
-            result = state.suspend(args.incident, args.reason, args.notify_hours).facts()
+            hours, signed_on, reference = args.notify_hours, args.signed_on, ""
+            if hours is None:  # the deployed convention's, or a sentence: never a number made up here
+                hours, deployed_signature, reference = notification_defaults(args.config)
+                signed_on = signed_on or deployed_signature
+            occurred = parse_occurred_at(args.occurred_at) if args.occurred_at is not None else None
+            result = state.suspend(
+                args.incident, args.reason, hours, occurred_at=occurred, signed_on=signed_on, reference=reference
+            ).facts()
             result["changed"] = before is None
             if state.unrecorded:
                 # The cut holds; the missing entry is the operator's to record by other means.
@@ -341,8 +389,48 @@ def interconnect_main(argv: list[str] | None = None) -> int:
             result = {**state.restore(args.incident), "changed": before is not None}
         else:
             result = state.status()
-    except (InterconnectError, AuditError, OSError) as exc:
+    except (InterconnectError, AuditError, ConfigError, OSError) as exc:
         print(f"halfbridge-interconnect: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, ensure_ascii=False))
     return 0
+
+
+def _day(text: str):
+    import datetime as dt
+
+    try:
+        if len(text) == 10:
+            return dt.date.fromisoformat(text)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a date (YYYY-MM-DD)")
+
+
+def _escalate(config_path: str, check: bool) -> int:
+    """One run of the escalation timer: each e-mail sent or failed is a log line (the journal)."""
+    import logging
+
+    from halfbridge.config import ConfigError
+    from halfbridge.interconnect import Escalation, IncidentConfig
+
+    _logging(False)
+    log = logging.getLogger("halfbridge.interconnect")
+    try:
+        config = IncidentConfig.load(config_path)
+    except ConfigError as exc:
+        print(f"halfbridge-interconnect: {exc}", file=sys.stderr)
+        return 2
+    if check:
+        levels = ", ".join(str(level) for level in config.levels()) or "none"
+        print(
+            f"{config_path}: escalation every {config.escalation_hours:g} h to levels {levels}, "
+            f"through {config.smtp.host}:{config.smtp.port} ({config.smtp.secure})"
+        )
+        return 0
+    run = Escalation(config).run()
+    for problem in run.problems:
+        log.error("%s", problem)
+    if run.escalated:
+        log.info("incident %s escalated to level(s) %s", run.incident, ", ".join(map(str, run.escalated)))
+    return 1 if run.problems else 0

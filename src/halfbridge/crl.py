@@ -1,4 +1,4 @@
-"""Keep the PP's CRLs fresh on SYN's gateway (article 6): `halfbridge-crl refresh` and `status`.
+"""Keep the PP's CRLs fresh on the partner's gateway (article 6): `halfbridge-crl refresh` and `status`.
 
 `refresh` fetches each CRL from its distribution point and installs it only when it
 is a CRL of one of the trust anchors, its signature verifies, it has not expired,

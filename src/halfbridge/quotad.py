@@ -1,4 +1,4 @@
-"""The quota daemon: leases on the convention's flow quota (article 4: 10 flows, live and deferred together).
+"""The quota daemon: leases on the convention's flow quota (article 4: `limit` flows, live and deferred together).
 
 A flow holds a lease for as long as it runs. The daemon grants a lease only while
 fewer than `limit` are held; it serves one request at a time on one event loop,
@@ -28,13 +28,13 @@ writes the file.
 Protocol: one JSON object per line on a Unix socket, one answer per request.
 
     {"op": "acquire", "agent": "...", "camera": "...", "mode": "live"}
-        -> {"ok": true, "lease": "<id>", "ttl": 15, "in_use": 3, "limit": 10}
-        -> {"ok": false, "error": "quota_full", "in_use": 10, "limit": 10, "message": "all 10 of 10 ..."}
+        -> {"ok": true, "lease": "<id>", "ttl": 15, "in_use": 3, "limit": <limit>}
+        -> {"ok": false, "error": "quota_full", "in_use": <limit>, "limit": <limit>, "message": "all <limit> of ..."}
         -> {"ok": false, "error": "starting", "retry_after": 12, "message": "... try again in 12 s"}
         -> {"ok": false, "error": "state_unwritable", "message": "..."}
     {"op": "renew", "lease": "<id>"}     -> {"ok": true, "ttl": 15} | {"ok": false, "error": "unknown_lease", ...}
     {"op": "release", "lease": "<id>"}   -> {"ok": true} (also for a lease already gone)
-    {"op": "list"}                       -> {"ok": true, "leases": [...], "in_use": n, "limit": 10}
+    {"op": "list"}                       -> {"ok": true, "leases": [...], "in_use": n, "limit": <limit>}
                                             (and "starting": seconds, while new leases are held back)
 
 Anything else gets {"ok": false, "error": "bad_request", "message": "..."}.

@@ -1,9 +1,12 @@
 """Retention: nothing older than the retention survives, nothing younger is touched, every destruction is registered.
 
-Article 6 of the convention keeps recordings `retention_days` (10) days; the
+Article 6 of the convention keeps recordings `retention_days` days; the
 security code (L252-5) forbids keeping them longer. A run (from cron, every few
-minutes) computes the cutoff, `now - retention_days`, and for each camera
-directory of the store destroys every segment whose end is at or before it.
+minutes) computes the cutoff, `now - days` (the convention's days, or the fewer a
+person decided), and for each camera directory of the store destroys every
+segment whose end is at or before it. The ceiling (the prefectoral orders and
+CSI L252-5) is the inventory's (the halfbridge_effective_retention filter),
+which the role renders this configuration from.
 
 It reads what the layout and the indexes say, never the segments themselves: the
 day directories after the cutoff's day cannot hold anything older, so a run that
@@ -34,7 +37,8 @@ The disk guard compares the free space with what the store still needs to hold
 its full retention at the bitrate observed over the last hour, plus a margin,
 and says so loudly (an error line every run, metrics) while it is short. It never
 deletes younger recordings: shortening the retention is a person's decision,
-made in the inventory (`shortened_days` with its reason) and logged on every run.
+made in the inventory (`halfbridge_retention_shortening`, its days and reason,
+here `shortened_days` and `shortened_reason`) and logged on every run.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from halfbridge import times
 from halfbridge.audit import DEFAULT_SOCKET, AuditClient, AuditError, query, with_rotations
 from halfbridge.config import ConfigError, load_dataclass
 from halfbridge.media import write_private
@@ -86,6 +91,9 @@ DAY = 86400.0
 PARALLEL_CAMERAS = 2
 # Bytes read from the end of the newest index to measure a camera's bitrate (about 90 lines).
 _RATE_TAIL = 4096
+# The longest retention a configuration may say: the years a recording can have (`halfbridge.times`).
+# Not the law's ceiling: the inventory's halfbridge_effective_retention filter holds that one.
+MAX_DAYS = int((times.LATEST - times.EARLIEST) // DAY)
 
 
 class RetentionError(RuntimeError):
@@ -120,15 +128,18 @@ class RetentionConfig:
 
     def check(self, where: str) -> None:
         days = self.retention_days
-        if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 30:
-            raise RetentionError(f"{where}: retention_days must be a whole number of days from 1 to 30, not {days!r}")
+        if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_DAYS:
+            raise RetentionError(
+                f"{where}: retention_days must be a whole number of days from 1 to {MAX_DAYS}, not {days!r}"
+            )
         if self.shortened_days is not None:
-            if not isinstance(self.shortened_days, int) or not 1 <= self.shortened_days < days:
+            shortened = self.shortened_days
+            if not isinstance(shortened, int) or isinstance(shortened, bool) or not 1 <= shortened < days:
                 raise RetentionError(
                     f"{where}: shortened_days must be a whole number of days from 1 to {days - 1} "
                     f"(fewer than the convention's {days}), not {self.shortened_days!r}"
                 )
-            if not self.shortened_reason.strip():
+            if not isinstance(self.shortened_reason, str) or not self.shortened_reason.strip():
                 raise RetentionError(f"{where}: shortened_days needs shortened_reason, the decision it applies")
 
     @property
@@ -562,7 +573,8 @@ class Retention:
             log.error(
                 "disk guard: %s free on %s, but keeping %d days needs %s at the observed %s/h "
                 "(with a %g h margin); the disk is full in about %.1f hours. Add space, or have a person "
-                "decide to shorten the retention (retention_shortened_days): nothing younger is deleted meanwhile",
+                "decide to shorten the retention (halfbridge_retention_shortening): nothing younger is deleted "
+                "meanwhile",
                 _size(free),
                 self.config.store_root,
                 self.config.days,

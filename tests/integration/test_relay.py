@@ -66,8 +66,9 @@ def lab(tmp_path, camera, clips):
         {"id": camera.id, "name": "Simulated", "site": "Test"},
         {"id": RECORDED, "name": "Recorded", "site": "Test"},
     ]
-    # A hundred requests at once from one address: above the relay's usual per-peer limit.
-    relay = RelayLab(tmp_path, cameras, max_connections_per_peer=128)
+    # A hundred requests at once from one address: above the relay's usual per-peer limit. The lab's
+    # convention keeps 10 days.
+    relay = RelayLab(tmp_path, cameras, max_connections_per_peer=128, retention_days=10, convention_retention_days=10)
     relay.segments = _put_segments(relay.store, clips, time.time() - 600)
     relay.start()
     relay.record(camera)

@@ -1,4 +1,5 @@
-"""Article 8's change window: the date arithmetic, and the action plugin run by ansible-playbook on this machine."""
+"""Articles 8 and 11's change window: the sorting of each difference, the register, the date arithmetic, and
+the action plugin run by ansible-playbook on this machine."""
 
 from __future__ import annotations
 
@@ -22,28 +23,287 @@ cw = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(cw)
 
 D = dt.date
+TODAY = D(2026, 11, 29)
+GARE = {"id": "ver-gare-01", "name": "Gare", "site": "Versailles", "address": "1 place", "lat": 48.79, "lon": 2.13}
+PARC = {
+    "id": "ver-parc-05",
+    "name": "Parc de Clagny",
+    "site": "Versailles",
+    "address": "Rue",
+    "lat": 48.81,
+    "lon": 2.13,
+}
+PP = [{"name": "Centre de supervision PVPP", "email": "supervision@pp.invalid", "escalation": 1}]
+BEFORE = {
+    "relay": {"address": "198.51.100.10", "port": 8443, "certificate_sha256": "a" * 64},
+    "pp_peers": ["198.51.100.30/32"],
+    "max_simultaneous_flows": 10,
+    "retention_days": 10,
+    "cameras": [GARE],
+    "contacts": {"pp": PP, "partner": [{"name": "Astreinte", "email": "astreinte@partner.invalid"}]},
+}
 
 
-def change(name="CHG-1", notified="2026-10-30", planned=None, major=True) -> dict:
-    entry = {"id": name, "summary": "x", "major": major, "notified_on": notified}
+def change(name="CHG-1", notified="2026-10-30", planned=None, **more) -> dict:
+    entry = {"id": name, "summary": "x", "major": True, "notified_on": notified, **more}
     if planned:
         entry["planned_for"] = planned
     return entry
 
 
+def info(name="INF-1", annexes=(4,), notified=None, **more) -> dict:
+    entry = {"id": name, "summary": "Caméra du parc", "kind": "information", "annexes": list(annexes), **more}
+    if notified:
+        entry["notified_on"] = notified
+    return entry
+
+
+def verdicts(after: dict, changes: list, history: dict | None = None, today: D = TODAY) -> dict[str, dict]:
+    """Each difference of `after` from BEFORE, decided against `changes`: {path: decision}."""
+    diff = cw.differences(BEFORE, after)
+    found = cw.decide(diff, cw.register(changes, today), 30, today, history, BEFORE)
+    return {d["path"]: d for d in found}
+
+
+def announced(name: str, after: dict, day: str = "2026-11-29") -> dict:
+    """What change-notice.yml records of a notice of `name` sent on `day` about `after`."""
+    diff = cw.differences(BEFORE, after)
+    return {
+        "sent": {name: day},
+        "announced": {name: {d["path"]: {cw.announced_hash(d["after"])} for d in diff}},
+        "opposed": {},
+    }
+
+
+ADDED = {**BEFORE, "cameras": [GARE, PARC]}  # a camera added to the referential (annex 4)
+TLS = {**BEFORE, "relay": {**BEFORE["relay"], "certificate_sha256": "b" * 64}}  # the relay's TLS certificate
+SHORTENED = {**BEFORE, "retention_days": 7}
+
+
+# -- each difference sorted ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("after", "path", "kind", "annexes", "label"),
+    [
+        (ADDED, "cameras", "information", [4, 5], "annexes 4 and 5: the camera referential"),
+        ({**BEFORE, "cameras": [{**GARE, "lat": 48.8}]}, "cameras", "information", [4, 5], "annexes 4 and 5"),
+        ({**BEFORE, "contacts": {**BEFORE["contacts"], "pp": []}}, "contacts.pp", "information", [2], "annex 2"),
+        (
+            {**BEFORE, "contacts": {**BEFORE["contacts"], "partner": PP}},
+            "contacts.partner",
+            "information",
+            [3],
+            "annex 3",
+        ),
+        (SHORTENED, "retention_days", "information", [], "the retention of the recordings"),
+        (TLS, "relay.certificate_sha256", "major", [], "the relay's TLS certificate"),
+        ({**BEFORE, "relay": {**BEFORE["relay"], "port": 9443}}, "relay.port", "major", [], "the relay's port"),
+        ({**BEFORE, "pp_peers": []}, "pp_peers", "major", [], "the PP half-gateway's addresses"),
+        ({**BEFORE, "max_simultaneous_flows": 12}, "max_simultaneous_flows", "major", [], "quota"),
+        ({**BEFORE, "package_version": "2.0"}, "package_version", "new", [], "newly tracked"),
+    ],
+)
+def test_each_difference_is_sorted_into_information_or_major(after, path, kind, annexes, label):
+    [difference] = cw.differences(BEFORE, after)
+    found = cw.classify(difference, BEFORE)
+    assert (found["path"], found["kind"], found["annexes"]) == (path, kind, annexes)
+    assert label in found["label"]
+    assert found["retention"] == (path == "retention_days")
+
+
+def test_a_part_the_baseline_predates_goes_through_with_nothing_to_notify():
+    older = {k: v for k, v in BEFORE.items() if k != "contacts"}
+    [decision] = cw.decide(cw.differences(older, BEFORE), {}, 30, TODAY, None, older)
+    assert decision["allowed"] and decision["kind"] == "new"
+    assert "contacts is new in what the change window tracks (the baseline predates it)" in decision["why"]
+
+
+def test_a_camera_goes_live_the_same_day_as_its_information_notice_without_the_30_days():
+    decision = verdicts(ADDED, [info(notified="2026-11-29")])["cameras"]
+    assert decision["allowed"] and decision["change"] == "INF-1"
+    assert decision["why"] == (
+        "cameras (annexes 4 and 5: the camera referential and its georeferenced plans) is an information change "
+        "(article 11): INF-1 informed the PP on 2026-11-29, and no opposition is recorded; it may go live from "
+        "the day the PP is informed"
+    )
+
+
+def test_an_information_change_without_its_notice_is_refused_and_says_how_to_send_it():
+    decision = verdicts(ADDED, [info()])["cameras"]
+    assert not decision["allowed"]
+    assert (
+        "is an information change (article 11): it goes live once an information notice of it was sent to the PP, "
+        "the same day if need be, and the PP did not oppose it; none in halfbridge_changes covers it today"
+        in decision["why"]
+    )
+    assert "INF-1 was never sent (playbooks/change-notice.yml -e change=INF-1)" in decision["why"]
+    assert "Record it in halfbridge_changes (kind: information, annexes: [4])" in decision["why"]
+
+
+def test_an_information_notice_dated_tomorrow_or_planned_later_waits():
+    assert (
+        "INF-1, sent on 2026-11-30, may go live on 2026-11-30"
+        in verdicts(ADDED, [info(notified="2026-11-30")])["cameras"]["why"]
+    )
+    later = verdicts(ADDED, [info(notified="2026-11-20", planned_for="2026-12-01")])["cameras"]
+    assert not later["allowed"] and "INF-1, sent on 2026-11-20, may go live on 2026-12-01" in later["why"]
+
+
+def test_an_information_notice_is_about_its_annexes_only():
+    contacts = {**BEFORE, "contacts": {**BEFORE["contacts"], "pp": [*PP, {"name": "DOPC", "email": "d@pp.invalid"}]}}
+    decision = verdicts(contacts, [info(notified="2026-11-29", annexes=[4, 5])])["contacts.pp"]
+    assert not decision["allowed"] and "INF-1" not in decision["why"]
+    assert verdicts(contacts, [info(notified="2026-11-29", annexes=[2])])["contacts.pp"]["allowed"]
+
+
+def test_a_notice_sent_by_change_notice_covers_what_it_announced_and_nothing_added_since():
+    assert verdicts(ADDED, [info()], announced("INF-1", ADDED))["cameras"]["allowed"]
+    third = {**BEFORE, "cameras": [GARE, PARC, {**PARC, "id": "ver-parc-06"}]}
+    decision = verdicts(third, [info()], announced("INF-1", ADDED))["cameras"]
+    assert not decision["allowed"]
+    assert "INF-1's notice announced another cameras than this deployment's: send it again" in decision["why"]
+    assert "-e change=INF-1 -e resend=true" in decision["why"]
+    # A notice whose announced field was cut off in the audit log covers nothing (fail closed).
+    cut = {"sent": {"INF-1": "2026-11-29"}, "announced": {"INF-1": {}}, "opposed": {}}
+    assert not verdicts(ADDED, [info()], cut)["cameras"]["allowed"]
+
+
+def test_an_opposition_in_the_register_or_the_audit_log_stops_the_change_and_is_named():
+    opposition = {"received_on": "2026-11-29", "by": "Centre de supervision PVPP", "reason": "hors périmètre"}
+    decision = verdicts(ADDED, [info(notified="2026-11-29", opposition=opposition)])["cameras"]
+    assert not decision["allowed"]
+    assert "INF-1 was opposed by Centre de supervision PVPP on 2026-11-29 (hors périmètre)" in decision["why"]
+    assert "The PP opposed it: it stays out." in decision["why"]
+    recorded = announced("INF-1", ADDED)
+    recorded["opposed"] = {"INF-1": [{"received_on": "2026-11-29", "by": None, "reason": "non"}]}
+    assert "INF-1 was opposed by the PP on 2026-11-29 (non)" in verdicts(ADDED, [info()], recorded)["cameras"]["why"]
+    # A change agreed since, notified under a new reference, goes live.
+    agreed = verdicts(ADDED, [info(), info("INF-2", notified="2026-11-29")], recorded)["cameras"]
+    assert agreed["allowed"] and agreed["change"] == "INF-2"
+
+
+def test_an_opposition_stops_a_major_change_too():
+    opposition = {"received_on": "2026-11-01", "reason": "non"}
+    decision = verdicts(TLS, [change(opposition=opposition)])["relay.certificate_sha256"]
+    assert not decision["allowed"] and "CHG-1 was opposed by the PP on 2026-11-01 (non)" in decision["why"]
+
+
+def test_a_relay_tls_change_still_needs_a_major_notice_30_days_old():
+    same_day = verdicts(TLS, [info(notified="2026-11-29", annexes=[1, 2, 3, 4, 5, 6], retention=True)])
+    decision = same_day["relay.certificate_sha256"]
+    assert not decision["allowed"] and decision["kind"] == "major"
+    assert decision["why"].startswith(
+        "relay.certificate_sha256 (the relay's TLS certificate) is a major change: article 8 requires a major "
+        "change notified at least 30 calendar days before it goes live, and none in halfbridge_changes covers it "
+        "today (2026-11-29). The earliest it may go live is 2026-12-29"
+    )
+    assert (
+        "CHG-1, notified on 2026-10-31, may go live on 2026-11-30"
+        in verdicts(TLS, [change(notified="2026-10-31")])["relay.certificate_sha256"]["why"]
+    )
+    assert verdicts(TLS, [change(notified="2026-10-30")])["relay.certificate_sha256"]["allowed"]
+
+
+def test_a_major_notice_does_not_cover_an_annex_update():
+    decision = verdicts(ADDED, [change(notified="2026-01-01")])["cameras"]
+    assert not decision["allowed"] and "CHG-1" not in decision["why"]
+
+
+def test_a_shortened_retention_is_an_information_change_the_pp_must_be_told_of():
+    decision = verdicts(SHORTENED, [info(notified="2026-11-29")])["retention_days"]
+    assert not decision["allowed"]  # a notice of annex 4 is not one about the retention
+    assert decision["why"].startswith(
+        "retention_days (the retention of the recordings) is an information change (the retention shortened from "
+        "10 to 7 days takes deferred access to the recordings of days 8 to 10 away from the PP (article 6), which "
+        "must be told before it applies)"
+    )
+    assert "(kind: information, retention: true)" in decision["why"]
+    told = verdicts(SHORTENED, [info("INF-7", annexes=[], retention=True, notified="2026-11-29")])["retention_days"]
+    assert told["allowed"] and "INF-7 informed the PP on 2026-11-29" in told["why"]
+
+
+def test_every_difference_is_decided_on_its_own():
+    both = {**ADDED, "relay": TLS["relay"]}
+    found = verdicts(both, [info(notified="2026-11-29"), change(notified="2026-11-01")])
+    assert found["cameras"]["allowed"] and not found["relay.certificate_sha256"]["allowed"]
+
+
+# -- the register -----------------------------------------------------------------
+
+
+def test_an_entry_without_kind_is_a_major_change():
+    found = cw.register([{"id": "CHG-1"}, {"id": "CHG-2", "major": True}, info()], TODAY)
+    assert [found[n]["kind"] for n in ("CHG-1", "CHG-2", "INF-1")] == ["major", "major", "information"]
+    assert found["INF-1"]["annexes"] == [4] and found["CHG-1"]["opposition"] is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "sentence"),
+    [
+        ("CHG-1", 'entry 1 of halfbridge_changes is not a mapping: "CHG-1"'),
+        ({"summary": "x"}, "entry 1 of halfbridge_changes needs an id of at most 64 letters"),
+        ({"id": "CHG 1\nX-Evil: 1"}, "needs an id of at most 64 letters, digits, '.', '_' or '-'"),
+        ({"id": "CHG-1", "major": False}, "CHG-1 says major: false but no kind: say kind: information"),
+        ({"id": "CHG-1", "major": "yes"}, "CHG-1: major must be true or false"),
+        ({"id": "CHG-1", "kind": "minor"}, 'CHG-1: kind must be information or major, not "minor"'),
+        ({"id": "CHG-1", "kind": "information", "major": True, "annexes": [4]}, "keep kind only"),
+        ({"id": "INF-1", "kind": "information"}, "INF-1 is an information change but says neither annexes"),
+        ({"id": "INF-1", "kind": "information", "annexes": [7]}, "annex numbers from 1 to 6, not [7]"),
+        ({"id": "INF-1", "kind": "information", "annexes": [True]}, "annex numbers from 1 to 6"),
+        ({"id": "INF-1", "kind": "information", "annexes": "4"}, "annex numbers from 1 to 6"),
+        ({"id": "CHG-1", "kind": "major", "annexes": [4]}, "CHG-1 is a major change (article 8) but names annexes"),
+        ({"id": "INF-1", "kind": "information", "retention": "yes"}, "INF-1: retention must be true or false"),
+        ({"id": "INF-1", "anexes": [4]}, "INF-1 has unknown keys anexes"),
+        ({"id": "INF-1", "summary": "x" * 201}, "INF-1 summary is 201 characters long, more than 200"),
+        ({"id": "INF-1", "summary": "a\x1b[2Jb"}, "INF-1 summary holds control characters"),
+        ({"id": "CHG-1", "notified_on": "30/10/2026"}, "notified_on '30/10/2026' is not a calendar date"),
+        ({"id": "CHG-1", "planned_for": "2026-02-30"}, "planned_for '2026-02-30' is not a calendar date"),
+        ({"id": "CHG-1", "opposition": "non"}, "CHG-1 opposition must be a mapping with received_on, by and reason"),
+        ({"id": "CHG-1", "opposition": {"reason": "non"}}, "CHG-1 opposition needs received_on"),
+        ({"id": "CHG-1", "opposition": {"received_on": "2026-11-29"}}, "CHG-1 opposition reason is missing"),
+        ({"id": "CHG-1", "opposition": {"received_on": "2026-11-30", "reason": "x"}}, "after today (2026-11-29)"),
+        ({"id": "CHG-1", "opposition": {"received_on": "2026-11-29", "reason": "x" * 501}}, "more than 500"),
+        ({"id": "CHG-1", "opposition": {"received_on": "2026-11-29", "reason": "x", "at": 1}}, "unknown keys at"),
+    ],
+)
+def test_a_malformed_register_entry_is_refused_with_a_sentence(entry, sentence):
+    with pytest.raises(AnsibleActionFail) as refused:
+        cw.register([entry], TODAY)
+    assert sentence in str(refused.value.message)
+    assert str(refused.value.message).startswith("halfbridge_changes cannot be read: ")
+    assert str(refused.value.message).endswith(". Nothing was changed.")
+
+
+def test_a_register_that_is_not_a_list_or_names_a_change_twice_is_refused():
+    with pytest.raises(AnsibleActionFail, match="halfbridge_changes must be a list of changes"):
+        cw.register({"id": "CHG-1"}, TODAY)
+    with pytest.raises(AnsibleActionFail, match="CHG-1 appears twice in halfbridge_changes"):
+        cw.register([{"id": "CHG-1"}, {"id": "CHG-1"}], TODAY)
+    assert cw.register(None, TODAY) == {} and cw.register([], TODAY) == {}
+
+
 # -- the date arithmetic -------------------------------------------------------------
+
+TLS_DIFF = cw.differences(BEFORE, TLS)
+
+
+def major(changes: list, today: D = TODAY) -> dict:
+    [decision] = cw.decide(TLS_DIFF, cw.register(changes, today), 30, today, None, BEFORE)
+    return decision
 
 
 def test_the_thirtieth_day_itself_is_the_first_day_a_change_may_go_live():
     assert cw.earliest_go_live(D(2026, 10, 30), 30) == D(2026, 11, 29)
-    found, _, day = cw.covering_change([change(notified="2026-10-30")], 30, D(2026, 11, 29))
-    assert found["id"] == "CHG-1" and day == D(2026, 11, 29)
+    found = major([change(notified="2026-10-30")])
+    assert found["allowed"] and found["change"] == "CHG-1"
+    assert "CHG-1, notified on 2026-10-30, may go live since 2026-11-29 (30 days on)" in found["why"]
 
 
 def test_a_change_notified_twenty_nine_days_ago_waits_one_more_day():
-    found, reasons, earliest = cw.covering_change([change(notified="2026-10-31")], 30, D(2026, 11, 29))
-    assert found is None and earliest == D(2026, 11, 30)
-    assert reasons == ["CHG-1, notified on 2026-10-31, may go live on 2026-11-30"]
+    found = major([change(notified="2026-10-31")])
+    assert not found["allowed"] and found["earliest"] == "2026-11-30"
+    assert "covers it today (2026-11-29): CHG-1, notified on 2026-10-31, may go live on 2026-11-30." in found["why"]
 
 
 def test_calendar_days_run_across_months_leap_days_and_summer_time():
@@ -60,38 +320,34 @@ def test_today_is_the_day_in_paris_not_in_utc():
 
 
 def test_a_planned_date_later_than_the_notice_decides():
-    found, _, earliest = cw.covering_change([change(notified="2026-09-01", planned="2026-12-15")], 30, D(2026, 11, 29))
-    assert found is None and earliest == D(2026, 12, 15)
+    found = major([change(notified="2026-09-01", planned="2026-12-15")])
+    assert not found["allowed"] and found["earliest"] == "2026-12-15"
 
 
-def test_minor_or_unnotified_changes_do_not_cover_and_say_why():
-    found, reasons, _ = cw.covering_change(
-        [change("CHG-2", major=False), {"id": "CHG-3", "major": True}], 30, D(2026, 11, 29)
-    )
-    assert found is None
-    assert reasons == [
-        "CHG-2 is not marked major",
-        "CHG-3 was never notified (playbooks/change-notice.yml -e change=CHG-3)",
-    ]
+def test_unnotified_changes_and_information_notices_do_not_cover_a_major_change_and_say_why():
+    found = major([{"id": "CHG-3", "major": True}, info(notified="2026-01-01")])
+    assert not found["allowed"]
+    assert "CHG-3 was never notified (playbooks/change-notice.yml -e change=CHG-3)" in found["why"]
+    assert "INF-1" not in found["why"]
 
 
-@pytest.mark.parametrize("bad", ["2026-1-30", "30/10/2026", "tomorrow", ""])
+@pytest.mark.parametrize("bad", ["2026-1-30", "30/10/2026", "tomorrow", "x"])
 def test_a_malformed_notice_date_is_refused_with_the_expected_form(bad):
     with pytest.raises(AnsibleActionFail, match="YYYY-MM-DD"):
-        cw.covering_change([change(notified=bad or "x")], 30, D(2026, 11, 29))
+        cw.register([change(notified=bad)], TODAY)
 
 
-def test_differences_name_each_changed_leaf():
+def test_differences_name_each_changed_leaf_and_each_camera():
     before = {"relay": {"port": 8443, "address": "a"}, "cameras": [{"id": "c1"}], "quota": 10}
-    after = {"relay": {"port": 9443, "address": "a"}, "cameras": [{"id": "c1"}, {"id": "c2"}], "quota": 10}
+    after = {"relay": {"port": 9443, "address": "a"}, "cameras": [{"id": "c1", "name": "n"}, {"id": "c2"}], "quota": 10}
     diff = cw.differences(before, after)
     assert [d["path"] for d in diff] == ["cameras", "relay.port"]
-    assert "relay.port: 8443 -> 9443" in cw.summary(diff)
+    assert cw.summary(diff) == "cameras: added c2, changed c1; relay.port: 8443 -> 9443"
 
 
 # -- the plugin, run by ansible-playbook against this machine -------------------------
 
-FINGERPRINT = {"relay": {"address": "198.51.100.10", "port": 8443}, "max_simultaneous_flows": 10}
+FINGERPRINT = {"relay": {"address": "198.51.100.10", "port": 8443}, "max_simultaneous_flows": 10, "cameras": [GARE]}
 
 
 def run(tmp_path: Path, fingerprint=None, changes=(), record=False, check=False, **extra):
@@ -117,7 +373,13 @@ def run(tmp_path: Path, fingerprint=None, changes=(), record=False, check=False,
                     },
                     "register": "answer",
                 },
-                {"ansible.builtin.debug": {"msg": "{{ answer.msg }} EARLIEST={{ answer.earliest | default('') }}"}},
+                {
+                    "ansible.builtin.debug": {
+                        "msg": "{{ answer.msg }} EARLIEST={{ answer.earliest | default('') }}"
+                        " KIND={{ answer.kind | default('') }} LINES={{ answer.lines | default([]) | join('|') }}"
+                        " ANNOUNCED={{ answer.announced | default({}) | to_json }}"
+                    }
+                },
             ],
         }
     ]
@@ -147,7 +409,8 @@ def test_an_unnotified_change_stops_the_play_and_leaves_the_baseline(deployed):
     done = run(deployed, moved, changes=[change(notified="2026-10-31")])
     assert done.returncode != 0
     text = said(done)
-    assert "relay.port: 8443 -> 9443" in text
+    assert "This deployment changes what the PP sees of the interconnect: relay.port: 8443 -> 9443." in text
+    assert "relay.port (the relay's port) is a major change: article 8 requires" in text
     assert "CHG-1, notified on 2026-10-31, may go live on 2026-11-30" in text
     assert "The earliest it may go live is 2026-11-30" in text and "Nothing was changed" in text
     assert json.loads((deployed / "baseline.json").read_text()) == FINGERPRINT
@@ -156,7 +419,11 @@ def test_an_unnotified_change_stops_the_play_and_leaves_the_baseline(deployed):
 def test_a_change_notified_thirty_days_ago_goes_through_and_the_baseline_moves(deployed):
     moved = {**FINGERPRINT, "max_simultaneous_flows": 12}
     done = run(deployed, moved, changes=[change(notified="2026-10-30")])
-    assert done.returncode == 0 and "Change CHG-1 (notified on 2026-10-30" in said(done)
+    assert done.returncode == 0
+    assert (
+        "Every change the PP sees is covered: max_simultaneous_flows (the quota of simultaneous flows of article 4) "
+        "is a major change (article 8): CHG-1, notified on 2026-10-30, may go live since 2026-11-29" in said(done)
+    )
     assert run(deployed, moved, record=True, check=True).returncode == 0
     assert json.loads((deployed / "baseline.json").read_text()) == FINGERPRINT  # check mode writes nothing
     assert run(deployed, moved, record=True).returncode == 0
@@ -198,7 +465,7 @@ def test_audit_record_writes_change_events_only(tmp_path, capsys):
         assert audit_main(["record", "flow.end", "--fields", "{}", *socket]) == 2
         assert audit_main(["record", "change.x", "--fields", "[1]", *socket]) == 2
         assert audit_main(["record", "change.x", "--fields", '{"seq": 9}', *socket]) == 2
-        assert "change.* events only" in capsys.readouterr().err
+        assert "change.*, convention.* events only" in capsys.readouterr().err
         assert [e["event"] for e in auditd.events()] == ["change.notified"]
 
 
@@ -210,7 +477,7 @@ def test_a_notice_recorded_by_change_notice_counts_when_the_register_has_no_date
     log = write_log(deployed, [("change.notified", {"change": "CHG-9", "sent_on": "2026-10-30", "to": ["a@pp"]})]).log
     done = run(deployed, moved, changes=undated, audit_log=str(log))
     assert done.returncode == 0, said(done)[-1500:]
-    assert "Change CHG-9 (notified on 2026-10-30" in said(done)
+    assert "CHG-9, notified on 2026-10-30, may go live since 2026-11-29" in said(done)
 
 
 def test_the_preview_says_what_differs_and_the_earliest_day_of_a_notice_sent_today(deployed):
@@ -290,3 +557,51 @@ def test_the_flag_does_not_lift_a_baseline_that_exists(deployed):
     moved = {**FINGERPRINT, "max_simultaneous_flows": 12}
     done = run(deployed, moved, first_deployment=True)
     assert done.returncode != 0 and "This deployment changes what the PP sees" in said(done)
+
+
+# -- information changes, through the audit log ----------------------------------------
+
+WITH_PARC = {**FINGERPRINT, "cameras": [GARE, PARC]}
+
+
+def test_a_camera_goes_live_the_day_its_notice_is_in_the_audit_log_until_the_pp_opposes_it(deployed):
+    register = [info("INF-4")]
+    notice = {"change": "INF-4", "kind": "information", "annexes": [4], "sent_on": "2026-11-29",
+              "announced": {"cameras": cw.announced_hash([GARE, PARC])}}  # fmt: skip
+    log = write_log(deployed, [("change.notified", notice)]).log
+    done = run(deployed, WITH_PARC, changes=register, audit_log=str(log))
+    assert done.returncode == 0, said(done)[-1500:]
+    assert (
+        "Every change the PP sees is covered: cameras (annexes 4 and 5: the camera referential and its georeferenced "
+        "plans) is an information change (article 11): INF-4 informed the PP on 2026-11-29" in said(done)
+    )
+    opposition = {"change": "INF-4", "received_on": "2026-11-29", "by": "Centre PVPP", "reason": "hors arrêté"}
+    write_log(deployed, [("change.opposed", opposition)])
+    refused = run(deployed, WITH_PARC, changes=register, audit_log=str(log))
+    assert refused.returncode != 0
+    text = said(refused)
+    assert "This deployment changes what the PP sees of the interconnect: cameras: added ver-parc-05." in text
+    assert "INF-4 was opposed by Centre PVPP on 2026-11-29 (hors arrêté). The PP opposed it: it stays out." in text
+    assert "Nothing was changed" in text
+    assert json.loads((deployed / "baseline.json").read_text()) == FINGERPRINT
+
+
+def test_the_preview_of_an_information_notice_says_today_and_what_it_announces(deployed):
+    register = [info("INF-4"), change("CHG-6")]
+    done = run(deployed, WITH_PARC, changes=register, preview=True, change="INF-4", audit_log=str(deployed / "x.log"))
+    assert done.returncode == 0, said(done)[-1500:]
+    text = said(done)
+    assert "EARLIEST=2026-11-29 KIND=information LINES=cameras: added ver-parc-05" in text  # no 30 days
+    assert json.dumps({"cameras": cw.announced_hash([GARE, PARC])}) in text  # what the check compares with
+    late = {"received_on": "2026-12-01", "by": "PVPP", "reason": "non"}
+    refused = run(deployed, WITH_PARC, changes=register, preview=True, change="INF-4", opposition=late)
+    assert refused.returncode != 0
+    assert "The opposition to INF-4 was received on 2026-12-01, after today (2026-11-29). Nothing was recorded" in (
+        said(refused)
+    )
+
+
+def test_a_malformed_register_stops_even_a_deployment_that_changes_nothing(deployed):
+    done = run(deployed, changes=[{"id": "INF-1", "kind": "information"}])
+    assert done.returncode != 0
+    assert "halfbridge_changes cannot be read: INF-1 is an information change but says neither annexes" in said(done)

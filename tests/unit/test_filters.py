@@ -1,9 +1,9 @@
-"""The address and calendar filters, called as plays call them."""
+"""The address, camera and convention filters, called as plays call them (the calendar: test_calendar.py)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import importlib.util
+import re
 
 import pytest
 from ansible.errors import AnsibleFilterError
@@ -19,7 +19,7 @@ def load(name: str):
 
 
 net = load("halfbridge_net")
-cal = load("halfbridge_calendar")
+conv = load("halfbridge_convention")
 
 
 def test_cidrs_are_normalised_and_merged():
@@ -60,57 +60,6 @@ def test_disjoint_zones_do_not_overlap():
 
 def test_networks_outside_a_zone_are_listed():
     assert net.cidrs_outside(["198.51.100.30", "198.18.0.5"], ["198.51.100.0/24"]) == ["198.18.0.5/32"]
-
-
-CONVENTION = {"signed_on": "2025-10-21", "term_years": 5, "tacit_renewals": 1, "termination_notice_months": 3}
-
-
-def test_calendar_of_the_pp_convention():
-    calendar = cal.convention_calendar(CONVENTION, "2026-11-29")
-    assert calendar["current_term_end"] == "2030-10-21"
-    assert calendar["final_end"] == "2035-10-21"
-    assert calendar["notice_deadline"] == "2030-07-21"
-    assert calendar["in_force"] is True
-
-
-def test_the_last_day_of_the_convention_is_the_day_before_its_anniversary():
-    assert cal.convention_calendar(CONVENTION, "2035-10-20")["in_force"] is True
-    assert cal.convention_calendar(CONVENTION, "2035-10-21")["in_force"] is False
-
-
-def test_before_its_start_the_convention_is_not_in_force():
-    assert cal.convention_calendar(CONVENTION, "2025-10-20")["in_force"] is False
-
-
-def test_after_the_first_term_the_deadlines_move_to_the_renewal():
-    calendar = cal.convention_calendar(CONVENTION, "2031-01-15")
-    assert calendar["current_term_end"] == "2035-10-21"
-    assert calendar["notice_deadline"] == "2035-07-21"
-
-
-def test_late_notice_only_ends_the_next_term():
-    late = {**CONVENTION, "termination_notice_given_on": "2030-08-01"}
-    assert cal.convention_calendar(late, "2031-01-01")["final_end"] == "2035-10-21"
-    in_time = {**CONVENTION, "termination_notice_given_on": "2030-07-21"}
-    assert cal.convention_calendar(in_time, "2031-01-01")["final_end"] == "2030-10-21"
-
-
-def test_month_arithmetic_clamps_to_the_end_of_the_month():
-    assert cal.add_months(dt.date(2024, 2, 29), 12) == dt.date(2025, 2, 28)
-    assert cal.add_months(dt.date(2030, 5, 31), -3) == dt.date(2030, 2, 28)
-    assert cal.add_months(dt.date(2030, 1, 15), -1) == dt.date(2029, 12, 15)
-
-
-@pytest.mark.parametrize("bad", ["21/10/2025", "2025-13-01", "2025-10-21T00:00", "", "20251021"])
-def test_malformed_dates_are_refused_with_the_expected_form(bad):
-    with pytest.raises(AnsibleFilterError, match="is not a calendar date in the form YYYY-MM-DD"):
-        cal.parse_date(bad)
-
-
-@pytest.mark.parametrize("term", [0, -5, "5", True, None])
-def test_a_term_that_is_not_a_positive_whole_number_is_refused(term):
-    with pytest.raises(AnsibleFilterError, match="term_years must be a whole number"):
-        cal.convention_calendar({**CONVENTION, "term_years": term}, "2026-01-01")
 
 
 def test_camera_url_puts_the_account_in_percent_encoded():
@@ -199,3 +148,270 @@ def test_the_referential_entry_never_carries_the_url_or_the_account():
     camera = {"id": "c1", "name": "N", "site": "S", "address": "A", "lat": 48.8, "lon": 2.1,
               "rtsp_url": "rtsp://198.18.10.20/s", "username": "u", "password": "p", "orientation": None}  # fmt: skip
     assert entry(camera) == {"id": "c1", "name": "N", "site": "S", "address": "A", "lat": 48.8, "lon": 2.1}
+
+
+# The convention's facts, the prefectoral orders and the retention (plugins/filter/halfbridge_convention.py).
+
+CONVENTION = {
+    "reference": "2026-BSVEX-007",
+    "signed_on": "2026-03-02",
+    "term_years": 3,
+    "tacit_renewals": 2,
+    "termination_notice_months": 3,
+    "max_simultaneous_flows": 6,
+    "retention_days": 15,
+    "incident_notification_hours": 8,
+    "change_notice_days": 30,
+    "escalation_hours": 4,
+}
+CAMERAS = [{"id": "cam-01", "name": "Parvis de la mairie"}, {"id": "cam-02", "name": "Gare routière"}]
+ORDER = {
+    "reference": "Arrêté préfectoral n° 99-2025-01-001",
+    "granted_on": "2025-01-10",
+    "valid_until": "2030-01-09",
+    "max_retention_days": 20,
+    "cameras": ["cam-01", "cam-02"],
+}
+TODAY = "2027-06-01"
+
+
+def test_another_partners_convention_has_no_problem():
+    assert conv.convention_problems(CONVENTION, TODAY) == []
+    assert conv.authorization_problems([ORDER], CAMERAS, TODAY) == {
+        "errors": [],
+        "warnings": [],
+        "current": [ORDER["reference"]],
+    }
+    assert conv.effective_retention(CONVENTION, None, [ORDER], TODAY) == {
+        "days": 15,
+        "convention_days": 15,
+        "shortened": False,
+        "reason": "",
+        "ceiling": 20,
+        "ceiling_source": ORDER["reference"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("changes", "sentence"),
+    [
+        (
+            {"incident_notification_hours": None},
+            "incident_notification_hours is missing: it must be a whole number of hours from 1 to 72 (article 8",
+        ),
+        ({"term_years": "3"}, "term_years is '3' (text): it must be a whole number of years from 1 to 99"),
+        (
+            {"max_simultaneous_flows": 0},
+            "max_simultaneous_flows is 0: it must be a whole number of flows from 1 to 1000 (article 4",
+        ),
+        ({"max_simultaneous_flows": True}, "max_simultaneous_flows is True: it must be a whole number of flows"),
+        (
+            {"retention_days": 31},
+            "retention_days is 31: it must be a whole number of days from 1 to 30 (article 6; the code de la "
+            "sécurité intérieure (L252-5) forbids keeping recordings more than 30 days)",
+        ),
+        ({"retention_days": 2.5}, "retention_days is 2.5: it must be a whole number of days"),
+        ({"change_notice_days": 366}, "change_notice_days is 366: it must be a whole number of days from 1 to 365"),
+        ({"escalation_hours": 0}, "escalation_hours is 0: it must be a whole number of hours from 1 to 72"),
+        ({"escalation_hours": None}, "escalation_hours is missing"),
+        ({"reference": ""}, "reference is '': it must be the convention's reference, 1 to 80"),
+        (
+            {"reference": "2026-X\nBcc: someone@example.org"},
+            "reference is '2026-X\\nBcc: someone@example.org': it must be",
+        ),
+        ({"reference": "R" * 81}, "reference is 'RRRRRR"),
+        ({"incident_notification_hour": 8}, "halfbridge_convention has unknown keys 'incident_notification_hour'"),
+        ({"signed_on": "2026-02-30"}, "signed_on '2026-02-30' is not a calendar date in the form YYYY-MM-DD"),
+    ],
+)
+def test_each_wrong_fact_of_the_convention_is_named_with_its_value_and_what_is_expected(changes, sentence):
+    convention = {key: value for key, value in {**CONVENTION, **changes}.items() if value is not None}
+    problems = conv.convention_problems(convention, TODAY)
+    assert any(sentence in problem for problem in problems), problems
+
+
+def test_a_missing_convention_fact_is_said_with_the_unknown_key_that_was_meant():
+    convention = {**CONVENTION, "incident_notification_hour": 8}
+    del convention["incident_notification_hours"]
+    problems = conv.convention_problems(convention, TODAY)
+    assert len(problems) == 2
+    assert problems[0].startswith("halfbridge_convention has unknown keys 'incident_notification_hour'")
+    assert problems[1].startswith("halfbridge_convention.incident_notification_hours is missing")
+
+
+@pytest.mark.parametrize(
+    ("partner", "sentence"),
+    [
+        ({"name": "Ville-Exemple", "short_name": ""}, "halfbridge_partner.short_name is '': it must be 1 to 32"),
+        ({"name": "Ville-Exemple", "short_name": "VEX\r\nBcc: x@example.org"}, "short_name is 'VEX\\r\\nBcc"),
+        ({"name": "", "short_name": "VEX"}, "halfbridge_partner.name is '': it must be a non-empty text"),
+        (
+            {"name": "V" * 121, "short_name": "VEX"},
+            "halfbridge_partner.name is 121 characters long: it must be at most 120",
+        ),
+        ({"name": "Ville-Exemple", "short": "VEX"}, "halfbridge_partner has unknown keys 'short'"),
+        ("Ville-Exemple", "halfbridge_partner is 'Ville-Exemple': it must be a mapping"),
+    ],
+)
+def test_a_wrong_partner_is_refused_with_a_sentence(partner, sentence):
+    problems = conv.partner_problems(partner)
+    assert any(sentence in problem for problem in problems), problems
+    assert conv.partner_problems({"name": "Communauté d'agglomération d'Exemple", "short_name": "CA d'Exemple"}) == []
+
+
+PP = {"name": "Centre de supervision PVPP", "email": "supervision@pp.example", "escalation": 1}
+PARTNER = {"name": "Astreinte", "email": "astreinte@partner.example", "phone": "+33 1 00 00 00 00", "escalation": 1}
+
+
+@pytest.mark.parametrize(
+    ("contacts", "sentence"),
+    [
+        (
+            {"pp": [PP, {"name": "DOPC", "escalation": 2}], "partner": [PARTNER]},
+            "halfbridge_contacts.pp[1] (DOPC) has no email",
+        ),
+        ({"pp": [PP], "partner": []}, "halfbridge_contacts.partner must list the partner's contacts of annex 3"),
+        ({"pp": [PP], "syn": [PARTNER]}, "halfbridge_contacts.syn is no longer read"),
+        (
+            {"pp": [{**PP, "email": "a@b.example\nBcc: c@d.example"}], "partner": [PARTNER]},
+            "pp[0].email (Centre de supervision PVPP) is",
+        ),
+        (
+            {"pp": [{**PP, "escalation": 2}], "partner": [PARTNER]},
+            "halfbridge_contacts.pp has no contact at escalation level 1",
+        ),
+        (
+            {"pp": [{**PP, "escalation": "1"}], "partner": [PARTNER]},
+            "pp[0].escalation (Centre de supervision PVPP) is '1' (text)",
+        ),
+        ({"pp": [PP], "partner": [{**PARTNER, "phone": "call me"}]}, "partner[0].phone (Astreinte) is 'call me'"),
+        (
+            {"pp": [{**PP, "mail": "x@y.example"}], "partner": [PARTNER]},
+            "pp[0] (Centre de supervision PVPP) has unknown keys 'mail'",
+        ),
+    ],
+)
+def test_a_wrong_contact_is_refused_with_a_sentence(contacts, sentence):
+    problems = conv.contact_problems(contacts)
+    assert any(sentence in problem for problem in problems), problems
+    assert conv.contact_problems({"pp": [PP], "partner": [PARTNER]}) == []
+
+
+def test_a_camera_without_a_current_order_is_named_with_the_order_it_lacks():
+    lapsed = {**ORDER, "valid_until": "2027-05-31", "cameras": ["cam-01"]}
+    other = {**ORDER, "reference": "Arrêté n° 2", "cameras": ["cam-02"]}
+    said = conv.authorization_problems([lapsed, other], CAMERAS, TODAY)
+    assert said["errors"][0] == (
+        "camera cam-01 (Parvis de la mairie) is not covered by a current prefectoral order on 2027-06-01: "
+        "Arrêté préfectoral n° 99-2025-01-001 lapsed after its last day, 2027-05-31"
+    )
+    assert said["errors"][-1].startswith("no camera may be filmed without a prefectoral order in force (article 1")
+    unlisted = conv.authorization_problems([other], CAMERAS, TODAY)["errors"][0]
+    assert unlisted.endswith(
+        "cam-01 (Parvis de la mairie) is not covered by a current prefectoral order on "
+        "2027-06-01: no order of halfbridge_authorizations lists it"
+    )
+    future = conv.authorization_problems(
+        [{**lapsed, "granted_on": "2027-07-01", "valid_until": "2032-06-30"}, other], CAMERAS, TODAY
+    )
+    assert future["errors"][0].endswith(": Arrêté préfectoral n° 99-2025-01-001 only takes effect on 2027-07-01")
+
+
+def test_an_order_that_lapses_within_three_months_is_warned_with_the_cameras_it_alone_covers():
+    said = conv.authorization_problems([ORDER], CAMERAS, "2029-11-01")
+    assert said["errors"] == []
+    assert said["warnings"] == [
+        "article 1 and annex 8: Arrêté préfectoral n° 99-2025-01-001 lapses after 2030-01-09, its last day, in 69 "
+        "days; cameras cam-01, cam-02 then have no prefectoral order: obtain its renewal and record it in "
+        "halfbridge_authorizations before then, or the preflight refuses them"
+    ]
+    assert conv.authorization_problems([ORDER], CAMERAS, "2029-09-30")["warnings"] == []
+    renewed = {**ORDER, "reference": "Arrêté n° 2", "granted_on": "2029-10-01", "valid_until": "2034-09-30"}
+    assert conv.authorization_problems([ORDER, renewed], CAMERAS, "2029-11-01")["warnings"] == [
+        "article 1 and annex 8: Arrêté préfectoral n° 99-2025-01-001 lapses after 2030-01-09, its last day, in 69 "
+        "days; its cameras are covered by another order beyond it"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("orders", "sentence"),
+    [
+        ([], "halfbridge_authorizations must list the prefectoral orders of annex 8"),
+        (
+            [{**ORDER, "cameras": ["cam-01", "cam-09"]}],
+            "cameras (Arrêté préfectoral n° 99-2025-01-001) lists 'cam-09', not in halfbridge_cameras",
+        ),
+        (
+            [{**ORDER, "valid_until": "2025-01-10"}],
+            "valid_until (Arrêté préfectoral n° 99-2025-01-001) is 2025-01-10: it must come after granted_on",
+        ),
+        (
+            [{k: v for k, v in ORDER.items() if k != "valid_until"}],
+            "valid_until (Arrêté préfectoral n° 99-2025-01-001) is missing",
+        ),
+        (
+            [{**ORDER, "max_retention_days": "20"}],
+            "max_retention_days (Arrêté préfectoral n° 99-2025-01-001) is '20' (text)",
+        ),
+        ([{**ORDER, "cameras": []}], "cameras (Arrêté préfectoral n° 99-2025-01-001) is []: it must list the ids"),
+        ([ORDER, ORDER], "halfbridge_authorizations[1] (Arrêté préfectoral n° 99-2025-01-001) is listed twice"),
+        ([{**ORDER, "until": "2030-01-01"}], "has unknown keys 'until'"),
+    ],
+)
+def test_a_malformed_order_is_refused_with_a_sentence(orders, sentence):
+    errors = conv.authorization_problems(orders, CAMERAS, TODAY)["errors"]
+    assert any(sentence in error for error in errors), errors
+
+
+def test_a_shortened_retention_is_the_days_kept_with_its_reason():
+    shortening = {"days": 7, "reason": "Décision du maire du 2027-05-02"}
+    assert conv.effective_retention(CONVENTION, shortening, [ORDER], TODAY) == {
+        "days": 7,
+        "convention_days": 15,
+        "shortened": True,
+        "reason": "Décision du maire du 2027-05-02",
+        "ceiling": 20,
+        "ceiling_source": ORDER["reference"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("shortening", "sentence"),
+    [
+        (
+            {"days": 15, "reason": "r"},
+            "halfbridge_retention_shortening.days is 15: it must be a whole number of days from 1 to 14 "
+            "(fewer than the convention's 15",
+        ),
+        ({"days": 0, "reason": "r"}, "halfbridge_retention_shortening.days is 0"),
+        ({"days": 7}, "halfbridge_retention_shortening.reason is missing: it must be a non-empty text (the decision"),
+        ({"days": 7, "reason": "r", "by": "x"}, "halfbridge_retention_shortening has unknown keys 'by'"),
+        (7, "halfbridge_retention_shortening is 7: it must be null, or a mapping of days and reason"),
+    ],
+)
+def test_a_wrong_shortening_is_refused(shortening, sentence):
+    with pytest.raises(AnsibleFilterError, match=re.escape(sentence)):
+        conv.effective_retention(CONVENTION, shortening, [ORDER], TODAY)
+
+
+def test_the_ceiling_is_the_smallest_order_in_force_and_never_more_than_the_law():
+    lapsed = {**ORDER, "reference": "Arrêté ancien", "valid_until": "2026-12-31", "max_retention_days": 5}
+    assert conv.effective_retention(CONVENTION, None, [lapsed, ORDER], TODAY)["ceiling"] == 20
+    generous = {**ORDER, "max_retention_days": 45}
+    said = conv.effective_retention({**CONVENTION, "retention_days": 30}, None, [generous], TODAY)
+    assert (said["ceiling"], said["ceiling_source"]) == (30, "the code de la sécurité intérieure (L252-5)")
+    assert conv.LEGAL_MAX_RETENTION_DAYS == 30
+    with pytest.raises(
+        AnsibleFilterError,
+        match=re.escape(
+            "halfbridge_convention.retention_days is 15 days but the prefectoral authorization allows at most 12 days "
+            "(Arrêté préfectoral n° 99-2025-01-001); lower the retention or obtain a new order"
+        ),
+    ):
+        conv.effective_retention(CONVENTION, None, [{**ORDER, "max_retention_days": 12}], TODAY)
+    with pytest.raises(AnsibleFilterError, match="no prefectoral order of halfbridge_authorizations is in force on"):
+        conv.effective_retention(CONVENTION, None, [lapsed], TODAY)
+    assert (
+        conv.retention_problems(CONVENTION, {"days": 12, "reason": "r"}, [{**ORDER, "max_retention_days": 12}], TODAY)
+        == []
+    )

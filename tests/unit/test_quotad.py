@@ -49,6 +49,22 @@ def test_the_eleventh_flow_is_refused_with_the_sentence_and_a_release_admits_one
     assert quota.handle(flow(12))["error"] == "quota_full"
 
 
+def test_another_partners_limit_comes_from_the_configuration_and_its_sentences_say_it(tmp_path):
+    path = tmp_path / "quotad.json"
+    path.write_text(json.dumps({"socket": str(tmp_path / "quotad.sock"), "limit": 6, "ttl": 15}))
+    config = QuotadConfig.load(path)
+    clock = Clock()
+    daemon = QuotaDaemon(config, clock=clock)
+    daemon.restore()  # no state file: new flows wait one ttl
+    starting = daemon.answer(flow(0))
+    assert starting["error"] == "starting" and "never to exceed the 6 simultaneous flows" in starting["message"]
+    clock.now += 16
+    assert [daemon.answer(flow(n))["ok"] for n in range(6)] == [True] * 6
+    refused = daemon.answer(flow(6))
+    assert (refused["error"], refused["in_use"], refused["limit"]) == ("quota_full", 6, 6)
+    assert refused["message"].startswith("all 6 of 6 simultaneous flows allowed by the convention are in use")
+
+
 def test_a_lease_not_renewed_expires_and_frees_its_slot():
     clock = Clock()
     quota = Quota(limit=1, ttl=15, clock=clock)

@@ -305,10 +305,16 @@ def test_an_append_waiting_during_an_index_rewrite_is_not_lost(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"retention_days": 31}, "from 1 to 30"),
-        ({"retention_days": 0}, "from 1 to 30"),
+        ({"retention_days": 0}, "retention_days must be a whole number of days from 1 to"),
+        ({"retention_days": True}, "retention_days must be a whole number of days"),
+        ({"retention_days": 10**6}, "retention_days must be a whole number of days"),
         ({"shortened_days": 10}, "fewer than the convention's 10"),
+        (
+            {"shortened_days": True, "shortened_reason": "x"},
+            "shortened_days must be a whole number of days from 1 to 9",
+        ),
         ({"shortened_days": 5}, "needs shortened_reason"),
+        ({"shortened_days": 5, "shortened_reason": ["x"]}, "needs shortened_reason"),
     ],
 )
 def test_a_bad_configuration_is_a_sentence(tmp_path, overrides, message):
@@ -363,3 +369,35 @@ def test_a_nan_line_in_an_index_does_not_shield_its_day_from_destruction(tmp_pat
     assert not store.day_dir(camera, day).exists() or not [
         n for n in os.listdir(store.day_dir(camera, day)) if n.endswith(".ts")
     ], "the expired segments of a day whose index has a nan line are destroyed"
+
+
+def test_the_role_renders_the_inventorys_shortening_and_the_run_keeps_those_days(tmp_path, twelve_days, caplog):
+    """halfbridge_retention_shortening through the retention role's own template and variables: the run keeps
+    the shortened days and registers the decision; without it, the convention's."""
+    import yaml
+
+    from tests.support.inventory import ROOT
+    from tests.support.rsyslog import render
+
+    role_vars = yaml.safe_load((ROOT / "roles/retention/vars/main.yml").read_text(encoding="utf-8"))
+    reason = "décision du DPO du 2026-11-28 : disque défaillant"
+    inventory = {
+        "halfbridge_convention": {"reference": "2026-BSCAVB-003", "retention_days": 10},
+        "halfbridge_authorizations": [
+            {"reference": "Arrêté n° 94-2025-001", "granted_on": "2025-01-01", "valid_until": "2099-12-31",
+             "max_retention_days": 20, "cameras": CAMERAS},
+        ],
+        "retention_store_dir": str(tmp_path / "recordings"), "retention_audit_log": str(tmp_path / "log/audit.log"),
+        "retention_audit_socket": str(tmp_path / "audit.sock"), "retention_state_dir": str(tmp_path / "state"),
+        "retention_disk_margin_hours": 0,
+    }  # fmt: skip
+    path = tmp_path / "retention.json"
+    for shortening, days in ((None, 10), ({"days": 7, "reason": reason}, 7)):
+        variables = {**inventory, **role_vars, "halfbridge_retention_shortening": shortening}
+        path.write_text(render("retention", "etc/halfbridge/retention.json.j2", variables))
+        loaded = RetentionConfig.load(path)
+        assert (loaded.retention_days, loaded.days) == (10, days)
+    with caplog.at_level(logging.WARNING):
+        Retention(loaded, clock=lambda: NOW).run()
+    assert f"retention shortened to 7 days (the convention says 10) by decision: {reason}" in caplog.text
+    assert {(e["retention_days"], e["decision"]) for e in register(tmp_path)} == {(7, reason)}

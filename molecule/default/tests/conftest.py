@@ -34,10 +34,12 @@ def cameras() -> list[dict]:
 
 def pytest_collection_modifyitems(items):
     """The incident's tests first: the scenario's side effect left the lab suspended, and they restore it.
-    The records' tests last: they destroy the gateway and rebuild it with its records only."""
+    Then the others; then the convention's end, which closes the interconnect for good; then the records,
+    which destroy the gateway and rebuild it with its records only (they need no relay); last, another
+    partner's inventory converged on that rebuilt gateway."""
+    order = {"test_incident.py": 0, "test_convention_end.py": 2, "test_records.py": 3, "test_partner.py": 4}
 
     def rank(item) -> int:
-        module = item.nodeid.split("::")[0]
-        return 0 if module.endswith("test_incident.py") else 2 if module.endswith("test_records.py") else 1
+        return order.get(item.nodeid.split("::")[0].rsplit("/", 1)[-1], 1)
 
     items.sort(key=rank)

@@ -1,9 +1,11 @@
-"""Annexes 4 and 5 on the lab: the exports parse as CSV and GeoJSON, the diff names an added and a moved
-camera, the PP contacts get them by e-mail, and a run with nothing changed sends nothing."""
+"""Annexes 4 and 5 on the lab: the referential and the plans go to the PP with the information notice of their
+change (article 11); the exports parse as CSV and GeoJSON, the diff names an added and a moved camera, and a
+second run for the same change sends nothing."""
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import email
 import email.policy
 import io
@@ -17,10 +19,9 @@ SINK = "/var/lib/smtp-sink/Maildir/new"
 EXPORTS = "/var/lib/halfbridge/cartography"
 
 
-def play(extra: dict | None = None) -> subprocess.CompletedProcess:
+def play(*playbooks: str, extra: dict) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["ansible-playbook", "-i", "inventories/lab", "playbooks/cartography.yml",
-         *(["-e", json.dumps(extra)] if extra else [])],
+        ["ansible-playbook", "-i", "inventories/lab", *playbooks, "-e", json.dumps(extra)],
         cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
     )  # fmt: skip
 
@@ -30,20 +31,24 @@ def sent(pp) -> list[email.message.EmailMessage]:
     return [email.message_from_bytes(pp.check_output(f"cat {n}").encode(), policy=email.policy.default) for n in names]
 
 
-def test_exports_parse_the_diff_names_changes_and_an_unchanged_run_sends_nothing(lab_host, cameras):
+def test_the_referential_and_plans_go_with_their_information_notice_and_a_rerun_sends_nothing(lab_host, cameras):
     gw, pp = lab_host("gw"), lab_host("pp")
-    assert play().returncode == 0  # whatever was sent before, the lab's referential is now the last export
     changed = [
         {**cameras[0], "lat": cameras[0]["lat"] + 0.001},
         *cameras[1:],
-        {"id": "ver-parc-04", "name": "Parc de Clagny", "site": "Versailles", "address": "Rue de Clagny",
-         "lat": 48.8099, "lon": 2.1334, "rtsp_url": "rtsp://198.18.10.20:8560/stream"},
+        {**cameras[1], "id": "ver-parc-04", "name": "Parc de Clagny", "site": "Versailles", "address": "Rue de Clagny",
+         "lat": 48.8099, "lon": 2.1334},
     ]  # fmt: skip
+    name = f"INF-LAB-CARTO-{dt.datetime.now(dt.UTC).strftime('%Y%m%d%H%M%S')}"
+    entry = {"id": name, "kind": "information", "annexes": [4, 5], "summary": "Caméra du parc, caméra déplacée"}
     before = len(sent(pp))
-    done = play({"halfbridge_cameras": changed})
+    # Twice in one run: the second finds the notice in the audit log and sends nothing.
+    done = play("playbooks/cartography.yml", "playbooks/cartography.yml",
+                extra={"halfbridge_cameras": changed, "halfbridge_changes": [entry], "change": name})  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:]
+    assert f"The notice of {name} was sent on" in " ".join(done.stdout.split())
     new = sent(pp)
-    assert len(new) - before == len(host_var("gw", "halfbridge_contacts")["pp"])
+    assert len(new) - before == len(host_var("gw", "halfbridge_contacts")["pp"])  # one per contact, once
 
     current = gw.check_output(f"readlink {EXPORTS}/current").strip()
     diff = gw.check_output(f"cat {EXPORTS}/{current}/diff.txt")
@@ -57,11 +62,13 @@ def test_exports_parse_the_diff_names_changes_and_an_unchanged_run_sends_nothing
     manifest = json.loads(gw.check_output(f"cat {EXPORTS}/{current}/manifest.json"))
     checksum = gw.check_output(f"sha256sum {EXPORTS}/{current}/cameras.geojson").split()[0]
     assert manifest["sha256"]["cameras.geojson"] == checksum and manifest["cameras"] == len(changed)
-    attached = {part.get_filename() for part in new[-1].iter_attachments()}
-    assert attached == {"cameras.csv", "cameras.geojson", "manifest.json"}
+    assert manifest["change"] == name
+    mine = [m for m in new if m["X-Halfbridge-Change"] == name]
+    assert {part.get_filename() for part in mine[0].iter_attachments()} == {
+        "cameras.csv",
+        "cameras.geojson",
+        "manifest.json",
+    }
+    body = mine[0].get_body(("plain",)).get_content()
+    assert f"déplacement de {cameras[0]['id']} de" in body and "ajout de ver-parc-04 (Parc de Clagny)" in body
     assert "password" not in gw.check_output(f"cat {EXPORTS}/{current}/cameras.csv")
-
-    again = play({"halfbridge_cameras": changed})
-    assert again.returncode == 0 and "nothing to send" in again.stdout
-    assert len(sent(pp)) == len(new)
-    assert play().returncode == 0  # back to the lab's referential (sent as a change)

@@ -31,6 +31,7 @@ UNITS = [
     "halfbridge-crl-refresh.service",
     "halfbridge-quotad.service",
     "halfbridge-relay.service",
+    "halfbridge-incident-escalation.service",
 ]
 RECORDER_TEMPLATE = "halfbridge-recorder@.service"
 OVERALL = re.compile(r"Overall exposure level for (\S+): (\d+(?:\.\d+)?)")

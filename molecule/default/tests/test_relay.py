@@ -7,6 +7,7 @@ camera's burnt-in UTC clock with tesseract.
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 import re
 import shlex
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.inventory import host_var
+from tests.support.inventory import ROOT, host_var
 from tests.support.viewer import AS_AGENT, fetch, get_json
 from tests.support.waiting import wait_for
 
@@ -218,7 +219,37 @@ def test_health_and_metrics_answer_on_the_management_side_only(lab_host, base, d
     read = "python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())'"
     health = json.loads(gw.check_output(f"{read} http://{management}:{port}/healthz"))
     assert health["status"] == "pass" and health["limit"] == 10
+    assert (health["convention_ends_on"], health["convention_ended"]) == (deployed["convention_ends_on"], False)
     metrics = gw.check_output(f"{read} http://{management}:{port}/metrics")
     assert "halfbridge_flows_limit 10" in metrics
+    assert "halfbridge_relay_convention_ended 0" in metrics
     interconnect = host_var("gw", "lab_networks")["interconnect"]
     assert pp.run(f"curl -sS --max-time 3 http://{interconnect}:{port}/metrics").rc != 0
+
+
+def _filter(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "plugins" / "filter" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_relay_carries_the_inventorys_partner_end_and_effective_retention(deployed):
+    """relay.json as deployed: what the relay's 503 after the convention's end and its 410 are made of, computed
+    from the inventory as the preflight and the retention role compute them (one value end to end)."""
+    convention = host_var("gw", "halfbridge_convention")
+    try:
+        shortening = host_var("gw", "halfbridge_retention_shortening")
+    except KeyError:
+        shortening = None
+    retention = _filter("halfbridge_convention").effective_retention(
+        convention, shortening, host_var("gw", "halfbridge_authorizations")
+    )
+    assert deployed["partner"] == host_var("gw", "halfbridge_partner")["short_name"]
+    assert deployed["convention_reference"] == convention["reference"]
+    assert deployed["convention_ends_on"] == _filter("halfbridge_calendar").convention_calendar(convention)["final_end"]
+    assert (deployed["retention_days"], deployed["convention_retention_days"]) == (
+        retention["days"],
+        retention["convention_days"],
+    )
+    assert bool(deployed["retention_shortened_reason"]) == retention["shortened"]

@@ -1,4 +1,5 @@
-"""The stream relay: live and recorded flows of SYN's cameras to the PP, at most 10 at once.
+"""The stream relay: live and recorded flows of the partner's cameras to the PP, as many at once as the
+convention allows (the quota daemon's limit).
 
 An HTTPS service on the interconnect (aiohttp). Every request presents a client
 certificate; every flow holds a lease of the quota daemon for as long as the

@@ -6,10 +6,16 @@
     GET /v1/cameras/{id}/playback?from=&to=[&pace=fast][&format=]   a range, one slot while open
     GET /v1/flows                                    the slots in use
 
-Every request on the PP's side goes through `_guard`: the client's identity and its
-admission (`identity`), the interconnect's suspension (article 8), then the route; every
-answer, accepted or refused, goes to the audit log (`relay.request`), and nothing is served
-unrecorded. Health and metrics listen on the management side, on another address.
+Every request on the PP's side goes through `_guard`: the convention's end (article 11),
+the client's identity and its admission (`identity`), the interconnect's suspension
+(article 8), then the route; every answer, accepted or refused, goes to the audit log
+(`relay.request`), and nothing is served unrecorded. Health and metrics listen on the
+management side, on another address.
+
+From 00:00, Paris time, of the day the convention is no longer in force
+(`convention_ends_on`), the relay serves nothing, whatever the firewall and the trust
+still say: every request is a 503 `convention-ended`, its connection's authentication
+is recorded as refused for that reason, and the open flows end.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -44,8 +51,10 @@ _PATH_SHOWN = 80
 
 
 class Relay:
-    def __init__(self, config: RelayConfig) -> None:
+    def __init__(self, config: RelayConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self.clock = clock
+        self.partner = config.partner
         self.store = Store(config.store_root)
         self.catalog = Catalog(self.store, config.recorder_state_dir, config.segment_seconds)
         self.audit = AuditClient(config.audit_socket)
@@ -57,8 +66,13 @@ class Relay:
         self.keeper = TrustKeeper(
             config.tls_certificate, config.tls_key, config.tls_client_ca, config.crl_dir, config.crl_warn_hours
         )
-        self.gate = Gate(config.designated_agents, config.certificate_policies, self.keeper)
-        self.flows = Flows(self.quota, self._audit, self.metrics, config.renew_seconds, config.stall_seconds)
+        self.gate = Gate(config.designated_agents, config.certificate_policies, self.keeper, config.partner)
+        self.flows = Flows(
+            self.quota, self._audit, self.metrics, config.renew_seconds, config.stall_seconds, config.partner
+        )
+        # Article 11: the instant the convention ends, computed once; each request compares the clock with it.
+        self.ends_at = config.convention_end()
+        self._ended_detail = self._ended_sentence() if self.ends_at is not None else ""
         self.interconnect = Interconnect(config.interconnect_state) if config.interconnect_state else None
         self._suspension: tuple[tuple | None, Suspension | None] = (None, None)
         self._site: TLSSite | None = None
@@ -95,17 +109,18 @@ class Relay:
             who, first = {}, True
         request["who"] = who
         try:
-            await self._authenticate(request, who, first)
+            # After the convention's end nobody gets in, whoever they are: their attempt is refused for that.
+            await self._authenticate(request, who, first, self.ended())
             suspension = self.suspension()
             if suspension is not None:
                 raise Problem(
                     503,
                     "interconnect-suspended",
-                    f"SYN has suspended the interconnect (incident {suspension.incident}, since {suspension.since}); "
-                    "the PP's contacts are notified by e-mail"
+                    f"{self.partner} has suspended the interconnect (incident {suspension.incident}, since "
+                    f"{suspension.since}); the PP's contacts are notified by e-mail"
                     if not suspension.damaged
-                    else "the interconnect is closed: its state cannot be read on SYN's gateway, "
-                    "and it stays closed until SYN's operators repair it",
+                    else f"the interconnect is closed: its state cannot be read on {self.partner}'s gateway, "
+                    f"and it stays closed until {self.partner}'s operators repair it",
                 )
             return await handler(request)
         except Problem as problem:
@@ -139,9 +154,12 @@ class Relay:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _authenticate(self, request: web.Request, who: dict, first: bool) -> None:
-        """Let a designated agent in, or refuse; the first request of a connection goes to the history."""
-        refusal = self.gate.refusal(who)
+    async def _authenticate(self, request: web.Request, who: dict, first: bool, over: Problem | None = None) -> None:
+        """Let a designated agent in, or refuse; the first request of a connection goes to the history.
+
+        `over`, when given, refuses whoever it is (the convention has ended).
+        """
+        refusal = over or self.gate.refusal(who)
         if first:
             fields = {"issuer": who.get("issuer", ""), "fingerprint": who.get("fingerprint", "")}
             try:
@@ -152,7 +170,7 @@ class Relay:
             except AuditError as exc:
                 # Article 6: no authentication goes unrecorded. The connection's next request tries again.
                 self.gate.forget(request)
-                raise unrecorded(exc) from None
+                raise unrecorded(exc, self.partner) from None
         if refusal is not None:
             raise refusal
 
@@ -162,7 +180,7 @@ class Relay:
             await self._audit("relay.request", request, status=status, **fields)
         except AuditError as exc:
             if status < 400:
-                raise unrecorded(exc) from None
+                raise unrecorded(exc, self.partner) from None
             log.error("%s; the refusal (%d) is sent unrecorded", exc, status)  # nothing is served
         self.metrics.answered(status)
 
@@ -197,7 +215,7 @@ class Relay:
     def _range(self, request: web.Request) -> tuple[float, float]:
         start = parse_time("from", parameter(request, "from"))
         end = parse_time("to", parameter(request, "to"))
-        now = time.time()
+        now = self.clock()
         if start >= end:
             raise Problem(400, "malformed-request", f"`from` ({iso(start)}) must be before `to` ({iso(end)})")
         if end - start > self.config.max_range_seconds:
@@ -208,19 +226,20 @@ class Relay:
             )
         if end > now + 1:
             raise Problem(400, "range-in-future", f"`to` ({iso(end)}) is in the future; it is now {iso(now)}")
-        oldest = now - self.config.retention_days * 86400
-        if start < oldest:
-            raise Problem(
-                410,
-                "older-than-retention",
-                f"recordings are kept {self.config.retention_days} days: nothing before {iso(oldest)} exists any more",
-            )
+        if self.config.retention_days is not None:
+            oldest = now - self.config.retention_days * 86400
+            if start < oldest:
+                raise Problem(
+                    410,
+                    "older-than-retention",
+                    f"recordings are kept {self.config.retention_said()}: nothing before {iso(oldest)} exists any more",
+                )
         return start, end
 
     # -- the referential and the recordings ----------------------------------
 
     async def list_cameras(self, request: web.Request) -> web.Response:
-        now = time.time()
+        now = self.clock()
         listed = []
         for camera_id, camera in self.cameras.items():
             last = await asyncio.to_thread(self.catalog.last_end, camera_id)
@@ -298,7 +317,23 @@ class Relay:
         source = sources.recorded(self.store, camera["id"], segments, start, end, pace == "realtime")
         return await self.flows.run(request, camera["id"], "playback", fields, source, headers)
 
-    # -- suspension (article 8) and the PKI's changes --------------------------
+    # -- the convention's end (article 11), suspension (article 8) and the PKI's changes --
+
+    def _ended_sentence(self) -> str:
+        c = self.config
+        return (
+            f"convention {c.convention_reference} between {self.partner} and the PP is no longer in force since "
+            f"{c.convention_ends_on} at 00:00, Paris time (article 11): {self.partner}'s gateway serves nothing "
+            "any more"
+        )
+
+    def has_ended(self) -> bool:
+        """Whether the convention has ended: one comparison of the clock with the instant computed at start."""
+        return self.ends_at is not None and self.clock() >= self.ends_at
+
+    def ended(self) -> Problem | None:
+        """The refusal of every request once the convention has ended, else None."""
+        return Problem(503, "convention-ended", self._ended_detail) if self.has_ended() else None
 
     def suspension(self) -> Suspension | None:
         """The suspension in force, read again only when the state file changes (one stat per call)."""
@@ -320,7 +355,12 @@ class Relay:
         return suspension
 
     def check_flows(self) -> None:
-        """End the flows that may not go on: suspension, revocation unknown, a certificate revoked or expired."""
+        """End the flows that may not go on: the convention's end, suspension, revocation unknown, a certificate
+        revoked or expired."""
+        if self.has_ended():
+            c = self.config
+            ended = f"convention {c.convention_reference} ended on {c.convention_ends_on} at 00:00, Paris time"
+            self.flows.cut(self.flows.open.values(), f"{ended} (article 11)")
         suspension = self.suspension()
         if suspension is not None:
             self.flows.cut(self.flows.open.values(), f"the interconnect was suspended (incident {suspension.incident})")
@@ -399,6 +439,8 @@ class Relay:
             "flows": answer.get("in_use"),
             "limit": answer.get("limit"),
             "suspended_for": suspension.incident if (suspension := self.suspension()) else None,
+            "convention_ends_on": self.config.convention_ends_on,
+            "convention_ended": self.has_ended(),
             "crl_next_update": {issuer: utc(when) for issuer, when in self.keeper.expiries().items()},
         }
         return web.json_response(body, status=503 if problems else 200)
@@ -413,6 +455,8 @@ class Relay:
             open_flows=len(self.flows.open),
             connections=self._site.connections() if self._site else 0,
             suspended=self.suspension() is not None,
+            convention_end=self.ends_at,
+            convention_ended=self.has_ended(),
             checkable=not self.keeper.problems,
             crl_expiries=self.keeper.expiries(),
         )
@@ -442,6 +486,7 @@ class Relay:
             cuts=self.cuts,
             refused=self._refused_by_parser,
             limits={"max_header_bytes": c.max_header_bytes, "max_headers": c.max_headers},
+            partner=c.partner,
             **server._kwargs,
         )
 
@@ -481,6 +526,14 @@ class Relay:
             )
             if not self.gate.designated:
                 log.warning("relay: no designated agent in the configuration: every request is refused (403)")
+            if self.has_ended():
+                log.warning("relay: %s: every request is refused (503)", self._ended_detail)
+            elif self.ends_at is not None:
+                log.info(
+                    "relay: convention %s ends on %s at 00:00, Paris time: from then on every request is refused",
+                    c.convention_reference,
+                    c.convention_ends_on,
+                )
             if ready is not None:
                 ready.set()
             await self._watch()

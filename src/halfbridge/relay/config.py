@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from halfbridge import times
 from halfbridge.audit import DEFAULT_SOCKET
 from halfbridge.config import load_or_exit
 from halfbridge.folding import Folder
+from halfbridge.interconnect import PARIS
 from halfbridge.store import CAMERA_ID_RE
+
+# The longest retention a configuration may say: the years a recording can have (`halfbridge.times`).
+# Not the law's ceiling: the inventory's halfbridge_effective_retention filter holds that one.
+MAX_RETENTION_DAYS = int((times.LATEST - times.EARLIEST) // 86400)
 
 
 @dataclass
@@ -27,7 +35,19 @@ class RelayConfig:
     cameras: list[dict] = field(default_factory=list)  # id, name, site
     management_host: str = "127.0.0.1"
     management_port: int = 9108
-    retention_days: int = 10
+    # The partner that runs this gateway (halfbridge_partner.short_name): the refusals name it.
+    partner: str = "the partner"
+    # Article 11: the convention's reference, and the first day it is no longer in force (ISO date):
+    # from 00:00 of that day, Paris time, every request is refused and open flows end. None: no end
+    # (tests of the relay alone).
+    convention_reference: str = ""
+    convention_ends_on: str | None = None
+    # Article 6: days of recordings kept, as the retention applies them (the effective retention);
+    # an older range is a 410. None: not checked (tests of the relay alone).
+    retention_days: int | None = None
+    # The convention's days, and why fewer are kept when they are: the 410 tells the PP.
+    convention_retention_days: int | None = None
+    retention_shortened_reason: str = ""
     max_range_seconds: int = 86400
     segment_seconds: int = 60
     renew_seconds: float = 5.0
@@ -76,11 +96,9 @@ class RelayConfig:
             config.folder()
         except (TypeError, ValueError) as exc:
             raise SystemExit(f"halfbridge-relay: {path}: handshake folding: {exc}") from None
-        if not 1 <= config.retention_days <= 30 or config.max_range_seconds < 1 or config.renew_seconds <= 0:
-            raise SystemExit(
-                f"halfbridge-relay: {path}: retention_days must be 1 to 30, "
-                "max_range_seconds and renew_seconds positive"
-            )
+        config.check_convention(path)
+        if config.max_range_seconds < 1 or config.renew_seconds <= 0:
+            raise SystemExit(f"halfbridge-relay: {path}: max_range_seconds and renew_seconds must be positive")
         timeouts = ("handshake_seconds", "header_seconds", "idle_seconds", "stall_seconds")
         if not all(_number(getattr(config, key)) and 0 < getattr(config, key) <= 3600 for key in timeouts):
             raise SystemExit(f"halfbridge-relay: {path}: {', '.join(timeouts)} are from 0 to 3600 seconds")
@@ -90,6 +108,67 @@ class RelayConfig:
             if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= most):
                 raise SystemExit(f"halfbridge-relay: {path}: {key} is a whole number from 1 to {most}")
         return config
+
+    def check_convention(self, path: str | os.PathLike) -> None:
+        """The partner, the convention's end and the retention, each refused with a sentence."""
+        where = f"halfbridge-relay: {path}"
+        if not _text(self.partner, 64):
+            raise SystemExit(f"{where}: partner is the partner's short name, 1 to 64 printable characters")
+        if self.convention_reference and not _text(self.convention_reference, 80):
+            raise SystemExit(f"{where}: convention_reference is 1 to 80 printable characters")
+        if self.convention_ends_on is not None:
+            if not self.convention_reference:
+                raise SystemExit(f"{where}: convention_ends_on needs convention_reference, which the refusals name")
+            try:
+                self.convention_end()
+            except (TypeError, ValueError):
+                raise SystemExit(
+                    f"{where}: convention_ends_on is the first day the convention is no longer in force, "
+                    f"YYYY-MM-DD from {times.FIRST_YEAR} to {times.LAST_YEAR}, not {self.convention_ends_on!r}"
+                ) from None
+        days, convention = self.retention_days, self.convention_retention_days
+        for key, value in (("retention_days", days), ("convention_retention_days", convention)):
+            if value is not None and not (_whole(value) and 1 <= value <= MAX_RETENTION_DAYS):
+                raise SystemExit(f"{where}: {key} is a whole number of days from 1 to {MAX_RETENTION_DAYS}")
+        if self.retention_shortened_reason and not _text(self.retention_shortened_reason, 500, lines=False):
+            raise SystemExit(f"{where}: retention_shortened_reason is 1 to 500 characters on one line, not all spaces")
+        if convention is not None:
+            if days is None:
+                raise SystemExit(f"{where}: convention_retention_days needs retention_days, the retention applied")
+            if days > convention:
+                raise SystemExit(
+                    f"{where}: retention_days ({days}) is the retention applied, at most the convention's "
+                    f"convention_retention_days ({convention})"
+                )
+            if days < convention and not self.retention_shortened_reason:
+                raise SystemExit(
+                    f"{where}: retention_days ({days}) is shorter than the convention's {convention}: "
+                    "retention_shortened_reason must say why (the PP is told)"
+                )
+        elif self.retention_shortened_reason:
+            raise SystemExit(f"{where}: retention_shortened_reason needs convention_retention_days")
+
+    def convention_end(self) -> float | None:
+        """The instant the convention ends: 00:00, Paris time, of `convention_ends_on`; None without one."""
+        if self.convention_ends_on is None:
+            return None
+        text = self.convention_ends_on
+        if not isinstance(text, str) or len(text) != 10:
+            raise ValueError(f"{text!r} is not a YYYY-MM-DD date")
+        day = dt.date.fromisoformat(text)
+        if not times.FIRST_YEAR <= day.year <= times.LAST_YEAR:
+            raise ValueError(f"{text} is out of range")
+        return dt.datetime.combine(day, dt.time(), PARIS).timestamp()
+
+    def retention_said(self) -> str:
+        """The retention as the PP reads it in a 410: its days, and when shortened, from what and why."""
+        said = f"{self.retention_days} days"
+        if self.convention_retention_days is not None and self.retention_days < self.convention_retention_days:
+            said += (
+                f" (shortened from the convention's {self.convention_retention_days}: "
+                f"{self.retention_shortened_reason})"
+            )
+        return said
 
     def folder(self) -> Folder:
         return Folder(
@@ -102,3 +181,17 @@ class RelayConfig:
 
 def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _text(value: object, most: int, lines: bool = True) -> bool:
+    """A sentence may carry it as is: a string of 1 to `most` characters, not only spaces, printable (or,
+    with `lines` false, a free text's: any but control characters and line breaks, so French spacing passes)."""
+    if not isinstance(value, str) or not 0 < len(value) <= most or not value.strip():
+        return False
+    if lines:
+        return value.isprintable()
+    return not any(unicodedata.category(char) in ("Cc", "Zl", "Zp") for char in value)

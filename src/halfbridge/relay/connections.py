@@ -80,10 +80,12 @@ class Connection(RequestHandler):
         cuts: Cuts,
         refused: Callable[[BaseRequest, Problem], None],
         limits: dict,
+        partner: str,
         **kwargs,
     ) -> None:
         super().__init__(manager, **kwargs)
         self._header_seconds, self._cuts, self._refused, self._limits = header_seconds, cuts, refused, limits
+        self._partner = partner  # who runs the gateway, as the refusals name it
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -118,7 +120,9 @@ class Connection(RequestHandler):
             raise ConnectionError("the response has begun; the connection is closed")
         if status >= 500:
             log.error("relay: unexpected error on a request from %s", request.remote, exc_info=exc)
-            problem = Problem(500, "internal-error", "SYN's gateway failed to answer this request; it is logged")
+            problem = Problem(
+                500, "internal-error", f"{self._partner}'s gateway failed to answer this request; it is logged"
+            )
         else:
             reason = _PARSER_REASONS.get(type(exc).__name__)
             if reason is None and "many headers" in str(getattr(exc, "message", "")):

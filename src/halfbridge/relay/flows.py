@@ -3,9 +3,9 @@ and its end, each recorded (`flow.start`, `flow.end`).
 
 A flow holds a lease of the quota daemon from before its first byte to after its last;
 the lease is renewed every `renew_seconds`, and a flow whose lease cannot be renewed
-ends. Flows end too when the interconnect is suspended, when revocation cannot be
-checked, when their agent's certificate is revoked (`cut`), and when the client reads
-nothing for `stall_seconds`.
+ends. Flows end too when the convention ends, when the interconnect is suspended, when
+revocation cannot be checked, when their agent's certificate is revoked (`cut`), and when
+the client reads nothing for `stall_seconds`.
 """
 
 from __future__ import annotations
@@ -32,10 +32,17 @@ Audit = Callable[..., Awaitable[None]]  # (event, request, **fields): raises Aud
 
 class Flows:
     def __init__(
-        self, quota: AsyncQuotaClient, audit: Audit, metrics: Metrics, renew_seconds: float, stall_seconds: float
+        self,
+        quota: AsyncQuotaClient,
+        audit: Audit,
+        metrics: Metrics,
+        renew_seconds: float,
+        stall_seconds: float,
+        partner: str,
     ) -> None:
         self.quota, self.audit, self.metrics = quota, audit, metrics
         self.renew_seconds, self.stall_seconds = renew_seconds, stall_seconds
+        self.partner = partner  # who runs the gateway, as the refusals name it
         self.open: dict[str, dict] = {}  # this relay's flows, by lease
 
     def cut(self, flows, reason: str) -> None:
@@ -75,7 +82,7 @@ class Flows:
             try:
                 await self.audit("flow.start", request, camera=camera_id, mode=mode, lease=lease, **fields)
             except AuditError as exc:
-                raise unrecorded(exc) from None
+                raise unrecorded(exc, self.partner) from None
             self.metrics.flows[mode] += 1
             async for chunk in chunks:
                 if response is None:

@@ -20,10 +20,11 @@ from halfbridge.tls import describe
 
 
 class Gate:
-    def __init__(self, designated: list[str], policies: list[str], keeper: TrustKeeper) -> None:
+    def __init__(self, designated: list[str], policies: list[str], keeper: TrustKeeper, partner: str) -> None:
         self.designated = frozenset(designated)
         self.policies = list(policies)
         self.keeper = keeper
+        self.partner = partner  # who runs the gateway, as the refusals name it
         # Each TLS connection's certificate, read once; a connection in here is in the history already.
         self._peers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -76,7 +77,7 @@ class Gate:
             return Problem(
                 403,
                 "revocation-unknown",
-                "SYN's gateway cannot check certificates for revocation right now, so it lets nobody in: "
+                f"{self.partner}'s gateway cannot check certificates for revocation right now, so it lets nobody in: "
                 + "; ".join(self.keeper.problems),
             )
         return None

@@ -51,6 +51,8 @@ class Metrics:
         suspended: bool,
         checkable: bool,
         crl_expiries: dict[str, dt.datetime | None],
+        convention_end: float | None = None,
+        convention_ended: bool = False,
     ) -> list[str]:
         """Every family; `quota` is the quota daemon's answer to `list`, None when it does not answer."""
         up = quota is not None
@@ -63,8 +65,19 @@ class Metrics:
             *gauge("halfbridge_relay_connections", "TLS connections open on the PP's side.", connections),
             *gauge(
                 "halfbridge_interconnect_suspended",
-                "1 while SYN has suspended the interconnect (article 8).",
+                "1 while the partner has suspended the interconnect (article 8).",
                 int(suspended),
+            ),
+            *gauge(
+                "halfbridge_relay_convention_ended",
+                "1 once the convention is no longer in force: every request is refused (article 11).",
+                int(convention_ended),
+            ),
+            *family(
+                "halfbridge_convention_end_timestamp_seconds",
+                "gauge",
+                "When the convention ends (00:00, Paris time, of its first day out of force; Unix time).",
+                [("", f"{convention_end:.0f}")] if convention_end is not None else [],
             ),
             *gauge(
                 "halfbridge_revocation_checkable",

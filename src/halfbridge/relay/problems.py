@@ -46,13 +46,15 @@ class Problem(Exception):
         return response
 
 
-def unrecorded(exc: AuditError) -> Problem:
-    """The 503 of a request that cannot be recorded; the reason goes to the gateway's log, not to the client."""
+def unrecorded(exc: AuditError, partner: str) -> Problem:
+    """The 503 of a request that cannot be recorded; the reason goes to the gateway's log, not to the client.
+
+    `partner` is who runs the gateway (the configuration's `partner`)."""
     log.error("relay: %s; the request is refused (503 audit-unavailable)", exc)
     return Problem(
         503,
         "audit-unavailable",
-        "SYN's gateway cannot record this request in its authentication history right now, "
+        f"{partner}'s gateway cannot record this request in its authentication history right now, "
         "so it serves nothing (article 6); try again later",
     )
 

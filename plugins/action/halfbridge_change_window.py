@@ -276,10 +276,10 @@ def register(changes: object, today: dt.date) -> dict[str, dict]:
         kind, major = change.get("kind"), change.get("major")
         if major is not None and not isinstance(major, bool):
             errors.append(f"{name}: major must be true or false, not {_describe(major)}")
-        elif kind is None and major is False:
+        elif kind is None and major is not True:
             errors.append(
-                f"{name} says major: false but no kind: say kind: information (an update of annexes 1 to 6 or "
-                "of the retention, with its annexes) or kind: major"
+                f"{name} has no kind{' and says major: false' if major is False else ''}: say kind: information "
+                "(an update of annexes 1 to 6 or of the retention, with its annexes) or kind: major"
             )
         elif kind is not None and kind not in KINDS:
             errors.append(f"{name}: kind must be information or major, not {_describe(kind)}")

@@ -215,8 +215,14 @@ def calendar_problems(convention: object, today: object = None) -> list[str]:
         return [error.message]
     problems: list[str] = []
     signed = checked_date(convention.get("signed_on"), "halfbridge_convention.signed_on", problems)
+    effective = None
     if convention.get("effective_on") not in (None, ""):
-        checked_date(convention["effective_on"], "halfbridge_convention.effective_on", problems)
+        effective = checked_date(convention["effective_on"], "halfbridge_convention.effective_on", problems)
+    if signed is not None and effective is not None and effective < signed:
+        problems.append(
+            f"halfbridge_convention.effective_on is {effective.isoformat()}, before the signature on "
+            f"{signed.isoformat()}: a convention takes effect on or after the day it is signed"
+        )
     valid = {}
     for key, (smallest, largest, unit) in WHOLE.items():
         problem = whole_problem(convention.get(key), f"halfbridge_convention.{key}", smallest, largest, unit)
@@ -238,9 +244,26 @@ def calendar_problems(convention: object, today: object = None) -> list[str]:
         )
     if convention.get("termination") is not None:
         problems += _termination_problems(convention["termination"], signed, now)
+        last_end = _natural_end(effective or signed, valid)
+        received = (
+            convention["termination"].get("received_on") if isinstance(convention["termination"], Mapping) else None
+        )
+        if last_end is not None and not problems and parse_date(received) >= last_end:
+            problems.append(
+                f"halfbridge_convention.termination.received_on is {parse_date(received).isoformat()}, on or after "
+                f"the end of the convention's last term ({last_end.isoformat()}): a convention that has ended "
+                "cannot be terminated; remove the termination"
+            )
     if convention.get("formal_notices") is not None:
         problems += _formal_notice_problems(convention["formal_notices"], signed, now)
     return problems
+
+
+def _natural_end(start: dt.date | None, valid: Mapping) -> dt.date | None:
+    """The end of the last tacit renewal, when the keys it needs are valid."""
+    if start is None or valid.get("term_years") is None or valid.get("tacit_renewals") is None:
+        return None
+    return add_months(start, 12 * valid["term_years"] * (valid["tacit_renewals"] + 1))
 
 
 def _party(by: str, partner: str) -> str:

@@ -773,6 +773,9 @@ class Mailer:
         session = _PinnedSSL(context=context, timeout=smtp.timeout) if smtp.secure == "always" else None
         session = session or _Pinned(timeout=smtp.timeout)
         session.addresses = smtp.addresses
+        # smtplib names the server for TLS (SNI and the certificate's check) from the host given to
+        # its constructor only; the session is made without one, so that connect() goes to the pins.
+        session._host = smtp.host
         try:
             session.connect(smtp.host, smtp.port)
             session.ehlo()
@@ -789,7 +792,7 @@ class Mailer:
                         f"the SMTP password is never sent to {where} unencrypted (`secure` is {smtp.secure})"
                     )
                 session.login(smtp.username, self._password())
-        except (smtplib.SMTPException, OSError, MailError) as exc:
+        except (smtplib.SMTPException, OSError, ValueError, MailError) as exc:
             session.close()
             raise MailError(exc if isinstance(exc, MailError) else f"the SMTP relay {where}: {_why(exc)}") from None
         return session

@@ -275,6 +275,7 @@ TODAY = "2031-01-01"
             "formal_notices[0].id is 'M 1': it must be 1 to 64 letters",
         ),
         ({"formal_notices": {"id": "M1"}}, "formal_notices must be a list of formal notices"),
+        ({"effective_on": "2025-10-20"}, "effective_on is 2025-10-20, before the signature on 2025-10-21"),
     ],
 )
 def test_a_wrong_calendar_fact_is_refused_with_a_sentence_naming_it(changes, sentence):
@@ -292,3 +293,11 @@ def test_a_huge_value_is_quoted_short():
 
 def test_the_convention_itself_has_no_calendar_problem():
     assert cal.calendar_problems(CONVENTION, TODAY) == []
+
+
+def test_a_letter_received_after_the_last_term_ended_is_refused():
+    convention = {**CONVENTION, "termination": letter("2036-01-05")}
+    problems = cal.calendar_problems(convention, "2036-02-01")
+    assert any("received_on is 2036-01-05, on or after the end of the convention's last term (2035-10-21)" in p
+               for p in problems), problems  # fmt: skip
+    assert not cal.calendar_problems({**CONVENTION, "termination": letter("2035-10-20")}, "2036-02-01")

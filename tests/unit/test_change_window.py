@@ -232,8 +232,8 @@ def test_every_difference_is_decided_on_its_own():
 # -- the register -----------------------------------------------------------------
 
 
-def test_an_entry_without_kind_is_a_major_change():
-    found = cw.register([{"id": "CHG-1"}, {"id": "CHG-2", "major": True}, info()], TODAY)
+def test_the_old_major_true_is_a_major_change():
+    found = cw.register([{"id": "CHG-1", "kind": "major"}, {"id": "CHG-2", "major": True}, info()], TODAY)
     assert [found[n]["kind"] for n in ("CHG-1", "CHG-2", "INF-1")] == ["major", "major", "information"]
     assert found["INF-1"]["annexes"] == [4] and found["CHG-1"]["opposition"] is None
 
@@ -244,7 +244,8 @@ def test_an_entry_without_kind_is_a_major_change():
         ("CHG-1", 'entry 1 of halfbridge_changes is not a mapping: "CHG-1"'),
         ({"summary": "x"}, "entry 1 of halfbridge_changes needs an id of at most 64 letters"),
         ({"id": "CHG 1\nX-Evil: 1"}, "needs an id of at most 64 letters, digits, '.', '_' or '-'"),
-        ({"id": "CHG-1", "major": False}, "CHG-1 says major: false but no kind: say kind: information"),
+        ({"id": "CHG-1", "major": False}, "CHG-1 has no kind and says major: false: say kind: information"),
+        ({"id": "CHG-1", "summary": "Ancien"}, "CHG-1 has no kind: say kind: information"),
         ({"id": "CHG-1", "major": "yes"}, "CHG-1: major must be true or false"),
         ({"id": "CHG-1", "kind": "minor"}, 'CHG-1: kind must be information or major, not "minor"'),
         ({"id": "CHG-1", "kind": "information", "major": True, "annexes": [4]}, "keep kind only"),

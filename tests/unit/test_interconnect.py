@@ -746,3 +746,44 @@ def test_the_timers_command_escalates_an_incident_open_long_enough_once(tmp_path
     config.path.write_text("{}")
     assert interconnect_main([*command, "escalate"]) == 2
     assert f"{config.path} lacks state, audit_socket" in capsys.readouterr().err
+
+
+def test_starttls_names_the_relay_by_its_host_and_a_failed_handshake_is_a_sentence():
+    """The session is pinned to an address, yet TLS names the relay by its host (SNI, certificate check)."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    hello: list[bytes] = []
+
+    def serve():
+        conn, _ = server.accept()
+        with conn, conn.makefile("rb") as lines:
+            conn.sendall(b"220 relay\r\n")
+            while line := lines.readline():
+                if line.upper().startswith(b"EHLO"):
+                    conn.sendall(b"250-relay\r\n250 STARTTLS\r\n")
+                elif line.upper().startswith(b"STARTTLS"):
+                    conn.sendall(b"220 go ahead\r\n")
+                    conn.settimeout(3)
+                    hello.append(conn.recv(4096))
+                    return
+                else:
+                    conn.sendall(b"250 ok\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    smtp = ic.Smtp(
+        host="relay.example",
+        addresses=("127.0.0.1",),
+        port=server.getsockname()[1],
+        secure="starttls",
+        sender="gw@partner.example",
+        timeout=3,
+    )
+    with pytest.raises(ic.MailError, match=r"the SMTP relay relay\.example:"):
+        ic.Mailer(smtp)._open()
+    thread.join(5)
+    server.close()
+    assert hello and b"relay.example" in hello[0]

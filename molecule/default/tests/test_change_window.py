@@ -167,7 +167,14 @@ def annex_update(cameras) -> dict:
             "address": "Rue de Clagny, 78000 Versailles", "lat": 48.8099, "lon": 2.1334}  # fmt: skip
     name = f"INF-LAB-{STAMP}"
     entry = {"id": name, "kind": "information", "annexes": [4, 5], "summary": "Nouvelle caméra du parc de Clagny"}
-    return {"halfbridge_cameras": [*cameras, parc], "halfbridge_changes": [entry], "change": name}
+    # The prefectoral order of annex 8 covers it too, or the preflight would refuse it.
+    orders = [
+        {**order, "cameras": [*order["cameras"], parc["id"]]} for order in host_var("gw", "halfbridge_authorizations")
+    ]
+    return {
+        "halfbridge_cameras": [*cameras, parc], "halfbridge_authorizations": orders, "halfbridge_changes": [entry],
+        "change": name,
+    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +182,10 @@ def informed(lab_host, annex_update) -> dict:
     """The information notice sent, then the change window and the baseline in one run; the baseline goes back."""
     gw = lab_host("gw")
     try:
-        playbooks = ("playbooks/change-notice.yml", "playbooks/change_window.yml", "playbooks/change_baseline.yml")
+        playbooks = (
+            "playbooks/preflight.yml", "playbooks/change-notice.yml", "playbooks/change_window.yml",
+            "playbooks/change_baseline.yml",
+        )  # fmt: skip
         done = play(*playbooks, extra=annex_update)
         baseline = json.loads(gw.check_output(f"cat {BASELINE}"))
     finally:  # the lab's recorder never got the camera: the baseline goes back to what is deployed

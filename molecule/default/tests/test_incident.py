@@ -185,7 +185,7 @@ def test_a_notice_nine_hours_after_the_incident_is_late_and_the_open_incident_go
     try:
         cut = lab_playbook(
             "playbooks/interconnect-suspend.yml",
-            *("-e", f"incident={LATE_INCIDENT}", "-e", "reason=Panne du pare-feu"),
+            *("-e", f"incident={LATE_INCIDENT}", "-e", json.dumps({"reason": "Panne du pare-feu"})),
             *("-e", f"occurred_at={occurred:%Y-%m-%dT%H:%M:%SZ}"),
         )
         assert cut.returncode == 0, cut.stdout[-3000:]

@@ -124,8 +124,9 @@ def text_problem(value: object, what: str, largest: int = REASON_MAX) -> str | N
     return None
 
 
-def _unknown(mapping: Mapping, known: tuple[str, ...], what: str) -> str | None:
-    unknown = sorted(str(key) for key in mapping if key not in known)
+def unknown_keys(mapping: Mapping, known: tuple[str, ...], what: str, ignore: tuple[str, ...] = ()) -> str | None:
+    """The sentence naming the keys of `mapping` that are neither `known` nor `ignore`d (said elsewhere), if any."""
+    unknown = sorted(str(key) for key in mapping if key not in known and key not in ignore)
     if not unknown:
         return None
     return (
@@ -157,7 +158,7 @@ def _termination_problems(termination: object, signed: dt.date | None, now: dt.d
     problems = [
         problem
         for problem in (
-            _unknown(termination, TERMINATION_KEYS, what),
+            unknown_keys(termination, TERMINATION_KEYS, what),
             None
             if termination.get("by") in PARTIES
             else f"{what}.by is {shown(termination.get('by'))}: it must be pp or partner, the party that terminates",
@@ -192,7 +193,7 @@ def _formal_notice_problems(notices: object, signed: dt.date | None, now: dt.dat
         problems += [
             problem
             for problem in (
-                _unknown(notice, FORMAL_NOTICE_KEYS, name),
+                unknown_keys(notice, FORMAL_NOTICE_KEYS, name),
                 None
                 if notice.get("direction") in DIRECTIONS
                 else f"{name}.direction is {shown(notice.get('direction'))}: it must be sent (by the partner, to the "

@@ -90,13 +90,8 @@ SHORTENING_KEYS = ("days", "reason")
 
 
 def _unknown(mapping: Mapping, known: tuple[str, ...], what: str, *, ignore: tuple[str, ...] = ()) -> list[str]:
-    unknown = sorted(str(key) for key in mapping if key not in known and key not in ignore)
-    if not unknown:
-        return []
-    return [
-        f"{what} has unknown keys {', '.join(shown(key) for key in unknown)}: it takes {', '.join(known)} "
-        "(a misspelt key would otherwise be ignored)"
-    ]
+    sentence = _calendar.unknown_keys(mapping, known, what, ignore)
+    return [sentence] if sentence else []
 
 
 def convention_problems(convention: object, today: object = None) -> list[str]:

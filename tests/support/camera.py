@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from tests.support.inventory import ROOT
 
-CAMSIM = ROOT / "roles" / "camera_simulator" / "files" / "usr" / "local" / "bin" / "halfbridge-camsim"
+CAMSIM = ROOT / "lab" / "roles" / "camera_simulator" / "files" / "usr" / "local" / "bin" / "halfbridge-camsim"
 
 
 def free_port() -> int:

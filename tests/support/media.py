@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-# The video encodings the lab's cameras send (see roles/camera_simulator), as ffmpeg encodes them.
+# The video encodings the lab's cameras send (see lab/roles/camera_simulator), as ffmpeg encodes them.
 PROFILES = {
     # H.264 constrained baseline: no B-frames, frames in presentation order.
     "h264-baseline": ["-c:v", "libx264", "-profile:v", "baseline", "-bf", "0"],

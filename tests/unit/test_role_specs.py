@@ -9,7 +9,7 @@ import yaml
 
 from tests.support.inventory import ROOT
 
-ROLES = sorted(p for p in (ROOT / "roles").iterdir() if p.is_dir())
+ROLES = sorted(p for base in ("roles", "lab/roles") for p in (ROOT / base).iterdir() if p.is_dir())
 
 
 def load(path: Path) -> dict:

@@ -17,8 +17,6 @@ The e-mails are read back from the SMTP sink on `pp` (the PP contacts' mail serv
 from __future__ import annotations
 
 import datetime as dt
-import email
-import email.policy
 import json
 import re
 import time
@@ -28,24 +26,15 @@ import pytest
 
 from tests.support.inventory import host_var
 from tests.support.playbook import lab_playbook
+from tests.support.sink import mails
 
 INCIDENT = "INC-LAB-0042"
-MAILDIR = "/var/lib/smtp-sink/Maildir/new"
 AGENT = ["--cacert", "/etc/halfbridge-pp/ca.crt", "--cert", "/etc/halfbridge-pp/agent.crt",
          "--key", "/etc/halfbridge-pp/agent.key"]  # fmt: skip
 AUDIT = "/var/log/halfbridge/audit.log"
 LATE_INCIDENT = "INC-LAB-0043"
 ESCALATION = "halfbridge-incident-escalation.service"  # role incident_escalation
 PARIS = ZoneInfo("Europe/Paris")
-
-
-def mails(pp, since: dt.datetime) -> dict[str, email.message.EmailMessage]:
-    """The sink's messages received since `since`, by file name (a Maildir name starts with its epoch second)."""
-    names = [n for n in pp.check_output(f"ls {MAILDIR}").split() if int(n.split(".")[0]) >= since.timestamp() - 1]
-    return {
-        name: email.message_from_bytes(pp.check_output(f"cat {MAILDIR}/{name}").encode(), policy=email.policy.default)
-        for name in names
-    }
 
 
 def status(pp, url: str) -> str:

@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import logging
+import logging.handlers
+import os
+import re
+import socket
 import sys
+from pathlib import Path
 
+from halfbridge import __version__
 from halfbridge.media import ProbeError, probe_video
+
+
+def version_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Give a command `--version`: its name and the package's version, as ops quote it in a ticket."""
+    parser.add_argument("--version", action="version", version=f"{parser.prog} {__version__}")
+    return parser
 
 
 def probe_main(argv: list[str] | None = None) -> int:
     """halfbridge-probe URL: print the video stream's codec, size and frame rate as JSON."""
     parser = argparse.ArgumentParser(prog="halfbridge-probe", description=probe_main.__doc__)
+    version_argument(parser)
     parser.add_argument("url", help="a file, or rtsp://[user:password@]host:port/path")
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the stream (default 15)")
     args = parser.parse_args(argv)
@@ -24,18 +39,140 @@ def probe_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _logging(verbose: bool, timestamps: bool = False) -> None:
-    """Log lines on stderr; with `timestamps` (a log file, not the journal), each starts with its UTC time."""
-    import logging
+# Where a command run from cron (the retention) also sends its warnings: the local syslog
+# socket, which is journald's on the gateways. A module attribute, so that a test can point it elsewhere.
+SYSLOG_ADDRESS = "/dev/log"
+# journald cuts a stream's line at LineMax (48K bytes by default) and files the rest at the
+# default priority; no line of ours comes near, even at 4 bytes a character.
+_LINE_MAX = 8192
+_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def journal_priority(level: int) -> int:
+    """The syslog priority of a logging level, as sd-daemon.h numbers them: CRITICAL 2, ERROR 3, WARNING 4,
+    INFO 6, DEBUG 7 (levels in between take the priority of the level below them)."""
+    for floor, priority in ((50, 2), (40, 3), (30, 4), (20, 6)):
+        if level >= floor:
+            return priority
+    return 7
+
+
+def stderr_is_journal() -> bool:
+    """Whether stderr is the stream systemd connected to the journal: $JOURNAL_STREAM names its device and inode.
+
+    A child of a service inherits the variable with a stderr of its own (a pipe, a file): only the
+    device and inode tell.
+    """
+    value = os.environ.get("JOURNAL_STREAM", "")
+    device, _, inode = value.partition(":")
+    if len(value) > 64 or not device.isdecimal() or not inode.isdecimal():
+        return False
+    try:
+        status = os.fstat(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # no stderr, or one without a file descriptor
+        return False
+    return (status.st_dev, status.st_ino) == (int(device), int(inode))
+
+
+def _bounded(line: str) -> str:
+    if len(line) <= _LINE_MAX:
+        return line
+    return f"{line[:_LINE_MAX]}... ({len(line) - _LINE_MAX} more characters)"
+
+
+def _with_priority(prefix: str, text: str) -> str:
+    """Every line of `text` starts with `prefix`: journald files each line on its own, a traceback's too.
+    A NUL would end a line there, unprefixed: it is written as \\0."""
+    return "\n".join(prefix + _bounded(line) for line in text.replace("\0", "\\0").split("\n"))
+
+
+def _logging(verbose: bool, timestamps: bool = False, program: str | None = None) -> None:
+    """Log lines on stderr; with `timestamps` (a log file, not the journal), each starts with its UTC time.
+
+    When stderr is the journal, each line starts with its priority (`<4>` a warning, `<3>` an error),
+    which journald files it at, and whatever else reaches stderr (a refused configuration, a
+    traceback) is filed as an error. A command run from cron with a log file (`timestamps`) also
+    sends its warnings and errors to the local syslog socket, as `program`, so that
+    `journalctl -p warning` shows them too.
+    """
     import time
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format=("%(asctime)s " if timestamps else "") + "%(levelname)s %(name)s: %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%SZ",
-        stream=sys.stderr,
-    )
+    root = logging.getLogger()
+    if root.handlers:  # configured already (as logging.basicConfig, which this replaces, would leave it)
+        return
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.Formatter.converter = time.gmtime
+    to_stderr = logging.StreamHandler(sys.stderr)
+    root.addHandler(to_stderr)
+    if stderr_is_journal():
+        to_stderr.setFormatter(_JournalFormatter(_FORMAT))
+        sys.stderr = _ErrorLines(sys.stderr)
+        return
+    to_stderr.setFormatter(logging.Formatter(("%(asctime)s " if timestamps else "") + _FORMAT, "%Y-%m-%dT%H:%M:%SZ"))
+    if timestamps and Path(SYSLOG_ADDRESS).exists():  # a host without syslog has no socket: the file only
+        program = (program or Path(sys.argv[0]).name)[:32] or "halfbridge"
+        root.addHandler(_SyslogWarnings(SYSLOG_ADDRESS, program))
+
+
+class _JournalFormatter(logging.Formatter):
+    """Each line of a record, a traceback's too, starts with the record's priority."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return _with_priority(f"<{journal_priority(record.levelno)}>", super().format(record))
+
+
+class _ErrorLines(io.TextIOBase):
+    """stderr for what is written there outside logging (a refused configuration, a traceback): errors (`<3>`)."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.line_start = stream, True
+
+    def write(self, text: str) -> int:
+        pieces = []
+        for line in re.findall(r"[^\n]*\n|[^\n]+", text.replace("\0", "\\0")):
+            pieces.append(("<3>" if self.line_start else "") + line)
+            self.line_start = line.endswith("\n")
+        self.stream.write("".join(pieces))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def writable(self) -> bool:
+        return True
+
+    @property
+    def encoding(self) -> str:
+        return self.stream.encoding
+
+
+class _SyslogWarnings(logging.handlers.SysLogHandler):
+    """Warnings and errors to the syslog socket as `program[pid]`: the journal's SYSLOG_IDENTIFIER and SYSLOG_PID."""
+
+    def __init__(self, address: str, program: str) -> None:
+        super().__init__(address, logging.handlers.SysLogHandler.LOG_DAEMON, socket.SOCK_DGRAM)
+        self.program = program
+        self.ident = f"{program}[{os.getpid()}]: "
+        self.append_nul = False  # journald needs no NUL; a bare one would end the message there
+        self.said = False
+        self.setLevel(logging.WARNING)
+        self.setFormatter(logging.Formatter(_FORMAT))
+
+    def format(self, record: logging.LogRecord) -> str:
+        """One message, bounded: a datagram too big for the socket would be lost whole."""
+        text = super().format(record).replace("\0", "\\0")
+        return text if len(text) <= 4 * _LINE_MAX else f"{text[: 4 * _LINE_MAX]}... (cut)"
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.said:  # said once: the log file holds every line anyway
+            self.said = True
+            sys.stderr.write(
+                f"{self.program}: cannot send warnings to the syslog socket {self.address} "
+                f"({sys.exc_info()[1]}); they are in this log only\n"
+            )
 
 
 def recorder_main(argv: list[str] | None = None) -> int:
@@ -43,6 +180,7 @@ def recorder_main(argv: list[str] | None = None) -> int:
     from halfbridge.recorder import Recorder, RecorderConfig
 
     parser = argparse.ArgumentParser(prog="halfbridge-recorder", description=recorder_main.__doc__)
+    version_argument(parser)
     parser.add_argument("config", help="the camera's JSON configuration (it holds the RTSP credentials)")
     parser.add_argument("--verbose", action="store_true", help="log ffmpeg's restarts in detail")
     args = parser.parse_args(argv)
@@ -59,21 +197,37 @@ def retention_main(argv: list[str] | None = None) -> int:
     from halfbridge.retention import Retention, RetentionConfig, RetentionError
 
     parser = argparse.ArgumentParser(prog="halfbridge-retention", description=retention_main.__doc__)
+    version_argument(parser)
     parser.add_argument("config", help="the JSON configuration (store, retention days, audit log, state directory)")
     parser.add_argument("--dry-run", action="store_true", help="list what would be destroyed; change nothing")
     parser.add_argument("--now", type=_date, help="rehearse as if it were this time (UTC); with --dry-run only")
     parser.add_argument("--verbose", action="store_true", help="also log runs that destroy nothing")
+    parser.add_argument(
+        "--accept-clock",
+        action="store_true",
+        help="you checked the clock: run once whatever the clock guard says, recorded with your name, and take "
+        "this time as the guard's reference (docs/time.md)",
+    )
     args = parser.parse_args(argv)
     if args.now and not args.dry_run:
         parser.error("--now rehearses: it needs --dry-run (a real run only ever uses the real time)")
-    _logging(args.verbose, timestamps=True)  # cron appends to a log file
+    if args.accept_clock and args.dry_run:
+        parser.error("--accept-clock runs for real once: it cannot go with --dry-run")
+    _logging(args.verbose, timestamps=True, program=parser.prog)  # cron appends to a log file
     log = logging.getLogger("halfbridge.retention")
     clock = (lambda: args.now.timestamp()) if args.now else time.time
+    # Who checked the clock: the person behind sudo or runuser, else the account itself.
+    who = (os.environ.get("SUDO_USER") or os.environ.get("USER") or str(os.getuid())) if args.accept_clock else None
     try:
         retention = Retention(RetentionConfig.load(args.config), clock=clock)
-        report = retention.run(dry_run=args.dry_run)
+        # A rehearsal of another time (--now) is not judged by the clock's guard.
+        report = retention.run(dry_run=args.dry_run, check_clock=not args.now, accepted_by=who)
     except RetentionError as exc:
         log.error("%s", exc)
+        return 1
+    if report.refused is not None:
+        if args.dry_run:  # a real run logs it itself
+            log.error("a run now would destroy nothing, and this dry run lists nothing: %s", report.refused)
         return 1
     cutoff = dt.datetime.fromtimestamp(report.cutoff, dt.UTC).isoformat(timespec="seconds")
     if args.dry_run:
@@ -114,6 +268,7 @@ def quotad_main(argv: list[str] | None = None) -> int:
     from halfbridge.quotad import QuotaDaemon, QuotadConfig
 
     parser = argparse.ArgumentParser(prog="halfbridge-quotad", description=quotad_main.__doc__)
+    version_argument(parser)
     parser.add_argument("config", help="the JSON configuration (socket, limit, ttl, state_file)")
     args = parser.parse_args(argv)
     _logging(False)
@@ -130,6 +285,7 @@ def relay_main(argv: list[str] | None = None) -> int:
     from halfbridge.relay import Relay, RelayConfig
 
     parser = argparse.ArgumentParser(prog="halfbridge-relay", description=relay_main.__doc__)
+    version_argument(parser)
     parser.add_argument("config", help="the JSON configuration (see docs/relay.md)")
     parser.add_argument("--verbose", action="store_true", help="debug messages too")
     args = parser.parse_args(argv)
@@ -150,6 +306,7 @@ def crl_main(argv: list[str] | None = None) -> int:
     from halfbridge import crl
 
     parser = argparse.ArgumentParser(prog="halfbridge-crl", description=crl_main.__doc__)
+    version_argument(parser)
     parser.add_argument("action", choices=("refresh", "status"), help="refresh: fetch and install; status: report")
     parser.add_argument("config", help="the JSON configuration (anchors, crl_dir, sources, audit_socket, warn_hours)")
     args = parser.parse_args(argv)
@@ -176,6 +333,7 @@ def audit_main(argv: list[str] | None = None) -> int:
     from halfbridge import audit
 
     parser = argparse.ArgumentParser(prog="halfbridge-audit", description=audit_main.__doc__)
+    version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("verify", help="check that no entry was removed, edited, reordered or cut off")
     check.add_argument("files", nargs="+", help="log files, oldest first (rotated files, then the current one)")
@@ -291,6 +449,7 @@ def auditd_main(argv: list[str] | None = None) -> int:
     from halfbridge.auditd import AuditdConfig, serve
 
     parser = argparse.ArgumentParser(prog="halfbridge-auditd", description=auditd_main.__doc__)
+    version_argument(parser)
     parser.add_argument("config", help="the JSON configuration (log, key_file, socket, rotation, checkpoints)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -322,6 +481,7 @@ def interconnect_main(argv: list[str] | None = None) -> int:
     )
 
     parser = argparse.ArgumentParser(prog="halfbridge-interconnect", description=interconnect_main.__doc__)
+    version_argument(parser)
     parser.add_argument("--state", default=str(DEFAULT_STATE), help=f"the state file (default {DEFAULT_STATE})")
     parser.add_argument("--audit-socket", default=str(DEFAULT_SOCKET), help="the audit writer, which records each step")
     parser.add_argument(
@@ -432,5 +592,5 @@ def _escalate(config_path: str, check: bool) -> int:
     for problem in run.problems:
         log.error("%s", problem)
     if run.escalated:
-        log.info("incident %s escalated to level(s) %s", run.incident, ", ".join(map(str, run.escalated)))
+        log.warning("incident %s escalated to level(s) %s", run.incident, ", ".join(map(str, run.escalated)))
     return 1 if run.problems else 0

@@ -914,7 +914,7 @@ class Escalation:
                 )
                 continue
             result.sent.append(contact.email)
-            log.info("incident %s: level %d escalation sent to %s", current.incident, level, contact.email)
+            log.warning("incident %s: level %d escalation sent to %s", current.incident, level, contact.email)
             current = self.interconnect.escalation_sent(current.incident, level, contact.email, now)
         sent = current.escalations.get(str(level), {}).get("sent") or {}
         if any(c.email not in sent for c in contacts):

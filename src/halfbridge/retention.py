@@ -39,6 +39,19 @@ and says so loudly (an error line every run, metrics) while it is short. It neve
 deletes younger recordings: shortening the retention is a person's decision,
 made in the inventory (`halfbridge_retention_shortening`, its days and reason,
 here `shortened_days` and `shortened_reason`) and logged on every run.
+
+The clock guard: the cutoff is read off the clock, so a clock 11 days ahead would
+destroy recordings an hour old. Before destroying anything (a journal a killed run left
+included), a run asks chronyd (`halfbridge.clock.check`, not the state file, which could
+be stale) and compares the clock with the last run the guard allowed (`reference` in
+`last-run.json`). It destroys nothing, says why (an error line, `refused` in
+`last-run.json`, `halfbridge_retention_clock_refused 1`) and records it in the history
+(`retention.refused`, once per cause) when the clock is not synchronised, when it is
+more than `max_clock_jump_hours` after that reference, or more than `CLOCK_BACK_SECONDS`
+before it. The next run checks again. A person who checked the clock runs the command
+once with `--accept-clock` (`accepted_by`): that run goes on, is recorded
+(`retention.clock_accepted`, with who), and its time becomes the reference. The
+reference only moves on a run the guard allowed.
 """
 
 from __future__ import annotations
@@ -58,15 +71,16 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from halfbridge import clock as clock_state
 from halfbridge import times
 from halfbridge.audit import DEFAULT_SOCKET, AuditClient, AuditError, query, with_rotations
 from halfbridge.config import ConfigError, load_dataclass
 from halfbridge.media import write_private
-from halfbridge.metrics import exposition, gauge
+from halfbridge.metrics import TEXTFILE_DIR, gauge, write_textfile
 from halfbridge.store import (
     INDEX_NAME,
     SEGMENT_RE,
@@ -94,6 +108,12 @@ _RATE_TAIL = 4096
 # The longest retention a configuration may say: the years a recording can have (`halfbridge.times`).
 # Not the law's ceiling: the inventory's halfbridge_effective_retention filter holds that one.
 MAX_DAYS = int((times.LATEST - times.EARLIEST) // DAY)
+# How far before the last allowed run the clock may be (chronyd slews, it never steps back after
+# its start): beyond, the clock went back, and the guard refuses.
+CLOCK_BACK_SECONDS = 300.0
+LAST_RUN_NAME = "last-run.json"
+# What is read of last-run.json at most.
+_MAX_LAST_RUN = 65536
 
 
 class RetentionError(RuntimeError):
@@ -114,16 +134,24 @@ class RetentionConfig:
     disk_margin_hours: float = 24.0
     # The bitrate is measured over the segments of this last stretch of time.
     rate_window_seconds: float = 3600.0
+    # Prometheus text format, for node_exporter's textfile collector (0644).
+    metrics_file: Path = Path(TEXTFILE_DIR) / "halfbridge_retention.prom"
+    # The clock guard refuses a run more than this many hours after the last one it allowed.
+    max_clock_jump_hours: float = 24.0
+    # The file it was read from, which the refusals name: a class attribute, not a key of the file.
+    origin = "/etc/halfbridge/retention.json"
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RetentionConfig:
         """Read the JSON configuration; a missing key or a bad value is a sentence."""
         required = ("store_root", "retention_days", "audit_log", "state_dir")
+        paths = ("store_root", "audit_log", "state_dir", "audit_socket", "metrics_file")
         try:
-            config = load_dataclass(cls, path, required, paths=("store_root", "audit_log", "state_dir", "audit_socket"))
+            config = load_dataclass(cls, path, required, paths=paths)
         except ConfigError as exc:
             raise RetentionError(str(exc)) from None
         config.check(str(path))
+        config.origin = str(path)
         return config
 
     def check(self, where: str) -> None:
@@ -141,6 +169,12 @@ class RetentionConfig:
                 )
             if not isinstance(self.shortened_reason, str) or not self.shortened_reason.strip():
                 raise RetentionError(f"{where}: shortened_days needs shortened_reason, the decision it applies")
+        jump, hours = self.max_clock_jump_hours, self.days * 24
+        if isinstance(jump, bool) or not isinstance(jump, int | float) or not 0 < jump <= hours:
+            raise RetentionError(
+                f"{where}: max_clock_jump_hours must be a number of hours above 0 and at most the retention's "
+                f"{hours}, not {jump!r}: a larger jump of the clock would destroy the whole retention"
+            )
 
     @property
     def days(self) -> int:
@@ -210,11 +244,27 @@ class DiskState:
 
 
 @dataclass
+class Refusal:
+    """Why the clock guard refused a run: `causes` (`unsynchronised`, `ahead`, `behind`, `state`) and a sentence."""
+
+    causes: list[str]
+    sentence: str
+
+    @property
+    def cause(self) -> str:
+        return "+".join(self.causes)
+
+
+@dataclass
 class Report:
-    cutoff: float
+    cutoff: float | None
     destroyed: list[Destruction] = field(default_factory=list)
     disk: DiskState | None = None
     seconds: float = 0.0
+    # Why the run destroyed nothing (the clock guard), or None.
+    refused: str | None = None
+    # The clock as chronyd said it (halfbridge.clock.check), when asked.
+    clock: dict | None = None
 
     @property
     def count(self) -> int:
@@ -226,16 +276,29 @@ class Report:
 
 
 class Retention:
-    def __init__(self, config: RetentionConfig, clock=time.time) -> None:
+    def __init__(
+        self,
+        config: RetentionConfig,
+        clock: Callable[[], float] = time.time,
+        clock_check: Callable[[], dict] | None = None,
+    ) -> None:
+        """`clock` gives the time; `clock_check` whether it is synchronised (`halfbridge.clock.check`'s dict)."""
         self.config = config
         self.clock = clock
+        self.clock_check = clock_check or clock_state.check
         self.store = Store(config.store_root)
         self.audit = AuditClient(config.audit_socket)
 
     # -- a run -------------------------------------------------------------
 
-    def run(self, dry_run: bool = False) -> Report:
-        """One pass over the store; raises RetentionError if it had to stop."""
+    def run(self, dry_run: bool = False, check_clock: bool = True, accepted_by: str | None = None) -> Report:
+        """One pass over the store; raises RetentionError if it had to stop.
+
+        First the clock guard (`clock_guard`): a run it refuses destroys nothing, and its report's
+        `refused` says why. `check_clock=False` skips it (a rehearsal of another time, which the
+        clock cannot judge). `accepted_by`, the person who checked the clock (`--accept-clock`),
+        makes this run go on whatever the guard says; it is recorded in the history first.
+        """
         started = time.monotonic()
         now = self.clock()
         days = self.config.days
@@ -249,29 +312,202 @@ class Retention:
         report = Report(cutoff=now - days * DAY)
         last_day = utc(report.cutoff).date()  # later days hold nothing that ended before the cutoff
         with self._lock():
-            # Two cameras at a time: one thread's unlinks (system calls, without the interpreter lock)
-            # overlap the other's listing and scanning. Each camera's days stay in order.
-            stop = threading.Event()
-            with concurrent.futures.ThreadPoolExecutor(PARALLEL_CAMERAS, "retention") as pool:
-                futures = [
-                    pool.submit(self._purge_camera, camera, report.cutoff, last_day, now, dry_run, stop)
-                    for camera in self.store.cameras()
-                ]
-                held: dict[str, tuple[float, list[dt.date]]] = {}
-                try:
-                    for future in futures:
-                        camera, destroyed, camera_held = future.result()
-                        report.destroyed += destroyed
-                        if camera_held is not None:
-                            held[camera] = camera_held
-                except BaseException:
-                    stop.set()  # the other cameras stop at their next day; the error is the run's
-                    raise
-            report.disk = self.disk_guard(now, held)
-        report.seconds = time.monotonic() - started
-        if not dry_run:
-            self.write_metrics(now, report)
+            previous, unreadable = self.last_run()
+            refusal = None
+            if check_clock or accepted_by is not None:
+                report.clock = self.clock_check()
+                refusal = self.clock_guard(now, report.clock, previous, unreadable)
+            if accepted_by is not None and not dry_run:
+                self._accept_clock(now, accepted_by, refusal, report.clock, previous)
+            elif refusal is not None:
+                report.cutoff, report.refused = None, refusal.sentence
+                if not dry_run:
+                    log.error("%s", refusal.sentence)
+                    recorded = self._record_refusal(now, refusal, report.clock, previous)
+                    report.seconds = time.monotonic() - started
+                    self._finish_run(now, report, previous, recorded=recorded)
+                return report
+            try:
+                # Two cameras at a time: one thread's unlinks (system calls, without the interpreter lock)
+                # overlap the other's listing and scanning. Each camera's days stay in order.
+                stop = threading.Event()
+                with concurrent.futures.ThreadPoolExecutor(PARALLEL_CAMERAS, "retention") as pool:
+                    futures = [
+                        pool.submit(self._purge_camera, camera, report.cutoff, last_day, now, dry_run, stop)
+                        for camera in self.store.cameras()
+                    ]
+                    held: dict[str, tuple[float, list[dt.date]]] = {}
+                    try:
+                        for future in futures:
+                            camera, destroyed, camera_held = future.result()
+                            report.destroyed += destroyed
+                            if camera_held is not None:
+                                held[camera] = camera_held
+                    except BaseException:
+                        stop.set()  # the other cameras stop at their next day; the error is the run's
+                        raise
+                report.disk = self.disk_guard(now, held)
+            except RetentionError as exc:
+                if not dry_run:  # the guard allowed it: the reference moves, the success does not
+                    report.seconds = time.monotonic() - started
+                    self._finish_run(
+                        now, report, previous, allowed=True, accepted=accepted_by is not None, stopped=str(exc)
+                    )
+                raise
+            report.seconds = time.monotonic() - started
+            if not dry_run:
+                self._finish_run(now, report, previous, allowed=True, accepted=accepted_by is not None)
         return report
+
+    # -- the clock guard ---------------------------------------------------
+
+    def clock_guard(self, now: float, clock: dict, previous: dict | None, unreadable: str | None) -> Refusal | None:
+        """None when the clock can be trusted to cut; otherwise why not, and what to do.
+
+        `clock` is chronyd's word (`halfbridge.clock.check`); `previous` the last run's state,
+        whose `reference` is the time of the last run the guard allowed.
+        """
+        causes, whys = [], []
+        if not clock.get("synchronised"):
+            causes.append("unsynchronised")
+            said = clock.get("reason") or clock.get("error") or "chronyd says so"
+            whys.append(f"the clock is not synchronised ({said})")
+        reference = _parse_time((previous or {}).get("reference"))
+        limit = self.config.max_clock_jump_hours
+        if unreadable:
+            causes.append("state")
+            whys.append(f"the last run's state cannot be read ({unreadable}), so a jump of the clock cannot be seen")
+        elif reference is not None and now - reference > limit * 3600:
+            causes.append("ahead")
+            whys.append(
+                f"the clock says {iso(now)}, {(now - reference) / 3600:.1f} hours after the last run that was "
+                f"allowed to destroy ({iso(reference)}), more than the {limit:g} hours a run may follow it: the "
+                "clock may have jumped forward"
+            )
+        elif reference is not None and reference - now > CLOCK_BACK_SECONDS:
+            causes.append("behind")
+            whys.append(
+                f"the clock says {iso(now)}, {(reference - now) / 60:.0f} minutes before the last run that was "
+                f"allowed to destroy ({iso(reference)}): the clock went back"
+            )
+        if not causes:
+            return None
+        todo = []
+        if "unsynchronised" in causes:
+            todo.append(
+                "Make the clock synchronised (`chronyc tracking`, `chronyc sources`: are the time servers "
+                "reachable?); the next run goes on by itself once it is"
+            )
+        if set(causes) - {"unsynchronised"}:
+            todo.append(
+                "Check the clock against a trusted time (`chronyc tracking`, `date -u`); if it is right (the "
+                "gateway was stopped, or the retention did not run, for that long), run "
+                f"`halfbridge-retention {self.config.origin} --accept-clock` once as {_account()}: that run "
+                "goes on, and its time becomes the reference"
+            )
+        sentence = (
+            f"the retention destroys nothing: {'; and '.join(whys)}. A wrong clock would destroy recordings "
+            f"younger than {self.config.days} days. {'. '.join(todo)}."
+        )
+        return Refusal(causes, sentence)
+
+    def last_run(self) -> tuple[dict | None, str | None]:
+        """The last run's state (`last-run.json`), or None; and why it cannot be read, if it cannot."""
+        path = self.config.state_dir / LAST_RUN_NAME
+        try:
+            with path.open("rb") as handle:
+                raw = handle.read(_MAX_LAST_RUN + 1)
+            if len(raw) > _MAX_LAST_RUN:
+                raise ValueError(f"over {_MAX_LAST_RUN} bytes")
+            state = json.loads(raw.decode("utf-8"))
+            if not isinstance(state, dict):
+                raise ValueError("not a JSON object")
+            if state.get("reference") is not None and _parse_time(state["reference"]) is None:
+                raise ValueError(f"its reference {str(state['reference'])[:40]!r} is not a time")
+        except FileNotFoundError:
+            return None, None
+        except (OSError, ValueError) as exc:
+            return None, f"{path}: {exc}"
+        return state, None
+
+    def _record_refusal(self, now: float, refusal: Refusal, clock: dict, previous: dict | None) -> str | None:
+        """The refusal in the history, once per cause: the cause recorded (now or before), or None."""
+        recorded = (previous or {}).get("refusal_recorded")
+        if recorded == refusal.cause:
+            return recorded
+        try:
+            self.audit.append(
+                "retention.refused",
+                cause=refusal.cause,
+                reason=refusal.sentence,
+                clock_time=iso(now),
+                reference=(previous or {}).get("reference"),
+                clock=_clock_summary(clock),
+            )
+        except AuditError as exc:
+            log.error("the refusal is not in the history (%s); the next run records it", exc)
+            return None
+        return refusal.cause
+
+    def _accept_clock(
+        self, now: float, who: str, refusal: Refusal | None, clock: dict | None, previous: dict | None
+    ) -> None:
+        """A person checked the clock: recorded first, then this run goes on and its time is the reference."""
+        try:
+            self.audit.append(
+                "retention.clock_accepted",
+                by=who,
+                clock_time=iso(now),
+                previous_reference=(previous or {}).get("reference"),
+                refused=refusal.sentence if refusal else None,
+                clock=_clock_summary(clock),
+            )
+        except AuditError as exc:
+            raise RetentionError(
+                f"{exc}; the acceptance of the clock cannot be recorded in the history, so nothing was destroyed: "
+                "run --accept-clock again once the audit writer is back"
+            ) from None
+        if refusal is not None:
+            log.warning("clock accepted by %s, at %s, over the guard's refusal: %s", who, iso(now), refusal.sentence)
+        else:
+            log.info("clock accepted by %s at %s", who, iso(now))
+
+    def _finish_run(
+        self,
+        now: float,
+        report: Report,
+        previous: dict | None,
+        allowed: bool = False,
+        accepted: bool = False,
+        recorded: str | None = None,
+        stopped: str | None = None,
+    ) -> None:
+        """`last-run.json` and the metrics, at the end of every real run (refused, stopped or done)."""
+        previous = previous or {}
+        reference = previous.get("reference")
+        if allowed:  # it only moves forward, but to wherever a person accepted the clock
+            before = _parse_time(reference)
+            reference = iso(now if accepted or before is None else max(now, before))
+        last_success = iso(now) if allowed and stopped is None else previous.get("last_success")
+        disk = report.disk
+        state = {
+            "at": iso(now),
+            "cutoff": iso(report.cutoff),
+            "destroyed_segments": report.count,
+            "destroyed_bytes": report.bytes,
+            "refused": report.refused or (f"the run stopped: {stopped}" if stopped else None),
+            "disk": disk and {"free_bytes": disk.free, "needed_bytes": disk.needed, "short": disk.short},
+            "reference": reference,
+            "last_success": last_success,
+            "refusal_recorded": recorded,
+            "clock": _clock_summary(report.clock),
+        }
+        path = self.config.state_dir / LAST_RUN_NAME
+        try:
+            write_private(path, json.dumps(state, sort_keys=True) + "\n", mode=0o640)
+        except OSError as exc:
+            log.error("cannot write %s: %s; the next run cannot see this one", path, exc)
+        self.write_metrics(now, report, _parse_time(last_success))
 
     def _purge_camera(
         self, camera: str, cutoff: float, last_day: dt.date, now: float, dry_run: bool, stop: threading.Event
@@ -558,7 +794,12 @@ class Retention:
 
     def disk_guard(self, now: float, held: dict[str, tuple[float, list[dt.date]]]) -> DiskState:
         """Free space against what the full retention still needs; an error line while it is short."""
-        info = os.statvfs(self.config.store_root)
+        try:
+            info = os.statvfs(self.config.store_root)
+        except OSError as exc:
+            raise RetentionError(
+                f"cannot measure the free space of the recordings' root {self.config.store_root}: {exc.strerror}"
+            ) from None
         free = info.f_bavail * info.f_frsize
         retention = self.config.days * DAY
         margin = self.config.disk_margin_hours * 3600
@@ -587,8 +828,8 @@ class Retention:
 
     # -- metrics -----------------------------------------------------------
 
-    def write_metrics(self, now: float, report: Report) -> None:
-        """Prometheus text format, for node_exporter's textfile collector."""
+    def write_metrics(self, now: float, report: Report, last_success: float | None = None) -> None:
+        """Prometheus text format, for node_exporter's textfile collector (`metrics_file`, 0644)."""
         disk = report.disk
         lines = [
             *gauge("halfbridge_retention_last_run_seconds", "Unix time of the last retention run.", f"{now:.3f}"),
@@ -596,7 +837,18 @@ class Retention:
             *gauge("halfbridge_retention_destroyed_segments", "Segments the last run destroyed.", report.count),
             *gauge("halfbridge_retention_destroyed_bytes", "Bytes the last run destroyed.", report.bytes),
             *gauge("halfbridge_retention_days", "Days of recordings kept.", self.config.days),
+            *gauge(
+                "halfbridge_retention_clock_refused",
+                "1 when the last run destroyed nothing because the clock could not be trusted (docs/time.md).",
+                int(report.refused is not None),
+            ),
         ]
+        if last_success is not None:
+            lines += gauge(
+                "halfbridge_retention_last_success_timestamp_seconds",
+                "Unix time of the last run that the clock guard allowed and that finished.",
+                f"{last_success:.3f}",
+            )
         if disk is not None:
             lines += [
                 *gauge("halfbridge_disk_free_bytes", "Free space of the recordings' file system.", disk.free),
@@ -611,7 +863,15 @@ class Retention:
                     int(disk.short),
                 ),
             ]
-        write_private(self.config.state_dir / "retention.prom", exposition(lines))
+        try:
+            write_textfile(self.config.metrics_file, lines)
+        except OSError as exc:
+            log.error(
+                "cannot write the metrics %s: %s; the supervision does not see this run (node_exporter's "
+                "textfile directory comes with the role metrics_exporter)",
+                self.config.metrics_file,
+                exc,
+            )
 
 
 def _unlink(directory: Path, names: set[bytes], listed: list[bytes] | None = None) -> int:
@@ -652,6 +912,34 @@ def _extreme(pick, values: tuple[bytes, ...]) -> float:
     if len(min(values, key=len)) == len(max(values, key=len)):
         return float(pick(values))
     return pick(map(float, values))
+
+
+def _parse_time(text: object) -> float | None:
+    """Seconds since the epoch of a time `iso` wrote; None for anything else."""
+    if not isinstance(text, str) or len(text) > 40:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment.timestamp() if moment.tzinfo is not None else None
+
+
+def _clock_summary(clock: dict | None) -> dict | None:
+    """What a run keeps of the clock's state: synchronised, offset, source."""
+    if clock is None:
+        return None
+    return {key: clock.get(key) for key in ("synchronised", "offset_seconds", "source")}
+
+
+def _account() -> str:
+    """The account the runs use, as cron runs them (the one running this)."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid {os.getuid()}"
 
 
 def _midnight(day: dt.date) -> float:

@@ -18,6 +18,20 @@ from tests.support.waiting import wait_for
 
 DAY = 86400
 RETENTION = str(Path(sys.executable).parent / "halfbridge-retention")
+# A real tracking line of chrony 4.3, synchronised (tests/unit/test_clock.py): the clock guard lets the run go on.
+TRACKING = (
+    "7F000001,127.0.0.1,9,1796214111.605051148,-0.000000825,0.000001250,0.000001250,-0.545,0.000,9.323,"
+    "0.000011133,0.000030722,2.0,Normal"
+)
+
+
+def synchronised(tmp_path: Path) -> dict:
+    """The environment of a run whose chronyd says the clock is synchronised: a `chronyc` first on the PATH."""
+    chronyc = tmp_path / "bin" / "chronyc"
+    chronyc.parent.mkdir(exist_ok=True)
+    chronyc.write_text(f"#!/bin/sh\necho '{TRACKING}'\n")
+    chronyc.chmod(0o755)
+    return {**os.environ, "PATH": f"{chronyc.parent}:{os.environ['PATH']}"}
 
 
 def test_a_run_killed_midway_leaves_indexes_true_and_the_next_one_registers_everything_once(tmp_path):
@@ -40,12 +54,14 @@ def test_a_run_killed_midway_leaves_indexes_true_and_the_next_one_registers_ever
                 "audit_log": str(audit),
                 "state_dir": str(tmp_path / "s"),
                 "audit_socket": str(auditd.socket),
+                "metrics_file": str(tmp_path / "halfbridge_retention.prom"),
             }
         )
     )
+    environment = synchronised(tmp_path)
 
     # At the lowest priority, so that this test's polling catches it early whatever the machine's load.
-    run = subprocess.Popen(["nice", "-n", "19", RETENTION, str(config)], stderr=subprocess.PIPE)
+    run = subprocess.Popen(["nice", "-n", "19", RETENTION, str(config)], stderr=subprocess.PIPE, env=environment)
     wait_for(lambda: b"retention.destroyed" in audit.read_bytes(), 60, "the first register entry", interval=0.002)
     run.send_signal(signal.SIGKILL)
     run.wait(10)
@@ -57,7 +73,7 @@ def test_a_run_killed_midway_leaves_indexes_true_and_the_next_one_registers_ever
             segment = Segment.parse(line)
             assert (index.parent / segment.name).exists(), f"{index} lists {segment.name}, which is gone"
 
-    again = subprocess.run([RETENTION, str(config)], capture_output=True, text=True, timeout=120)
+    again = subprocess.run([RETENTION, str(config)], capture_output=True, text=True, timeout=120, env=environment)
     assert again.returncode == 0, again.stderr
     entries = list(query([audit], event="retention.destroyed"))
     assert sum(e["count"] for e in entries) == expired_count, "every destruction is registered exactly once"

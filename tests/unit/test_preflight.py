@@ -27,6 +27,9 @@ from tests.support.playbook import ansible_playbook
 LAB = yaml.safe_load((LAB_INVENTORY / "group_vars/all/convention.yml").read_text(encoding="utf-8"))
 CAMERAS = yaml.safe_load((LAB_INVENTORY / "group_vars/all/cameras.yml").read_text(encoding="utf-8"))
 SMTP = yaml.safe_load((LAB_INVENTORY / "group_vars/all/notifications.yml").read_text(encoding="utf-8"))
+TIME_SERVERS = yaml.safe_load((LAB_INVENTORY / "group_vars/all/time.yml").read_text(encoding="utf-8"))[
+    "halfbridge_time_servers"
+]
 # The lab's partner, convention and order, read from its inventory: no test names them.
 PARTNER = LAB["halfbridge_partner"]["short_name"]
 REFERENCE = LAB["halfbridge_convention"]["reference"]
@@ -278,6 +281,30 @@ BAD_CIDRS = ["198.18.0.0/33", "198.18.0", "not-an-address", "198.18.0.0 /24"]
 for index, bad_cidr in enumerate(BAD_CIDRS):
     CASES[f"bad-cidr-{index}"] = {"halfbridge_zones": {**LAB["halfbridge_zones"], "management": [bad_cidr]}}
 
+# The gateway's clock, as chronyc answers it (real `chronyc -n -c tracking` lines of chrony 4.3, as in
+# tests/unit/test_clock.py): each case's host asks a chronyc of its own (under the inventory's bin/),
+# which prints this and exits with this status. The other cases have no chronyc at all.
+CHRONYC = {
+    "synchronised": (
+        "7F000001,127.0.0.1,9,1796214111.605051148,-0.000000825,0.000001250,0.000001250,-0.545,0.000,9.323,"
+        "0.000011133,0.000030722,2.0,Normal",
+        0,
+    ),
+    "unsynchronised": (
+        "00000000,,0,0.000000000,0.000000000,0.000000000,0.000000000,0.000,0.000,0.000,1.000000000,1.000000000,"
+        "0.0,Not synchronised",
+        0,
+    ),
+    "local-stratum": (
+        "7F7F0101,,8,1796214104.849314500,0.000000000,0.000000000,0.000000000,0.000,0.000,0.000,0.000000000,"
+        "0.000000000,0.0,Normal",
+        0,
+    ),
+    "chronyd-stopped": ("506 Cannot talk to daemon", 1),
+}
+for name in CHRONYC:
+    CASES[f"clock-{name}"] = {"preflight_chronyc": f"{{{{ inventory_dir }}}}/bin/{name}/chronyc"}
+
 
 class Said(NamedTuple):
     failed: bool
@@ -297,9 +324,16 @@ def run_cases(inventory: Path, cases: dict[str, dict]) -> tuple[dict[str, Said],
     (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts), encoding="utf-8")
     (inventory / "host_vars").mkdir()
     for name, variables in cases.items():
+        # No chronyc, unless the case gives one: what this machine has does not change what a case is told.
+        variables = {"preflight_chronyc": "{{ inventory_dir }}/bin/none/chronyc", **variables}
         (inventory / "host_vars" / f"{name}.yml").write_text(
             yaml.safe_dump(variables, allow_unicode=True, sort_keys=False), encoding="utf-8"
         )
+    for name, (out, status) in CHRONYC.items():
+        chronyc = inventory / "bin" / name / "chronyc"
+        chronyc.parent.mkdir(parents=True)
+        chronyc.write_text(f"#!/bin/sh\necho '{out}'\nexit {status}\n")
+        chronyc.chmod(0o755)
     done = preflight(inventory)
     messages: dict[str, list[str]] = {name: [] for name in cases}
     failed: dict[str, bool] = {}
@@ -534,6 +568,36 @@ def test_overlapping_zones_are_refused(said):
 
 def test_a_pp_peer_outside_the_interconnect_is_refused(said):
     assert "lie outside the interconnect zone" in refused(said, "pp-peer-outside")
+
+
+def test_a_synchronised_clock_is_said_with_its_source_and_offset(said):
+    text = passed(said, "clock-synchronised")
+    assert "The clock of clock-synchronised is synchronised to 127.0.0.1 (stratum 9, offset +0.000001 s)." in text
+    assert "WARNING" not in text
+
+
+@pytest.mark.parametrize("case", ["unsynchronised", "local-stratum"])
+def test_an_unsynchronised_clock_is_warned_naming_the_servers_and_the_run_goes_on(said, case):
+    text = passed(said, f"clock-{case}")
+    assert f"WARNING: the clock of clock-{case} is not synchronised (leap status " in text
+    assert (
+        f"the retention destroys nothing until it is; its time servers are {', '.join(TIME_SERVERS)}. Check that "
+        "they answer (`chronyc sources` on the gateway) and that the firewall lets NTP (UDP 123) through to them."
+        in text
+    )
+
+
+def test_a_stopped_chronyd_is_warned_and_the_run_goes_on(said):
+    text = passed(said, "clock-chronyd-stopped")
+    assert "WARNING: chronyd does not answer on clock-chronyd-stopped (506 Cannot talk to daemon)" in text
+    assert "the retention destroys nothing until it is; this deployment configures and starts chrony" in text
+
+
+def test_where_chrony_is_not_installed_the_first_run_says_it_installs_it(said):
+    assert (
+        "chrony is not installed on lab-as-is yet: this deployment installs it (role time_sync); its time servers "
+        f"are {', '.join(TIME_SERVERS)}." in passed(said, "lab-as-is")
+    )
 
 
 def test_the_production_example_passes_once_its_vault_is_filled():

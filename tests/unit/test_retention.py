@@ -8,11 +8,14 @@ import fcntl
 import json
 import logging
 import os
+import stat
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
+from halfbridge import clock as clock_module
 from halfbridge import retention as retention_module
 from halfbridge.audit import AuditClient, query
 from halfbridge.cli import retention_main
@@ -25,7 +28,7 @@ from halfbridge.retention import (
     RetentionError,
     journal_id,
 )
-from halfbridge.store import Segment, Store
+from halfbridge.store import Segment, Store, utc
 from tests.support.auditd import Auditd
 from tests.support.store import build_store, files
 
@@ -33,6 +36,15 @@ NOW = dt.datetime(2026, 11, 29, 9, 30, tzinfo=dt.UTC).timestamp()
 DAY = 86400
 HOUR = 3600
 CAMERAS = ["ver-gare-01", "sqy-mairie-03"]
+# chronyd's word on the clock, from real `chronyc -n -c tracking` lines (chrony 4.3; tests/unit/test_clock.py).
+SYNCHRONISED = clock_module.parse_tracking(
+    "7F000001,127.0.0.1,9,1796214111.605051148,-0.000000825,0.000001250,0.000001250,-0.545,0.000,9.323,"
+    "0.000011133,0.000030722,2.0,Normal\n"
+)
+UNSYNCHRONISED = clock_module.parse_tracking(
+    "00000000,,0,0.000000000,0.000000000,0.000000000,0.000000000,0.000,0.000,0.000,1.000000000,1.000000000,0.0,"
+    "Not synchronised\n"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -50,13 +62,17 @@ def config(tmp_path, **overrides) -> RetentionConfig:
         "audit_socket": tmp_path / "audit.sock",
         "state_dir": tmp_path / "state",
         "disk_margin_hours": 0,
+        "metrics_file": tmp_path / "textfile" / "halfbridge_retention.prom",
     }
     values.update(overrides)
+    values["metrics_file"].parent.mkdir(parents=True, exist_ok=True)
     return RetentionConfig(**values)
 
 
-def retention(tmp_path, now: float = NOW, **overrides) -> Retention:
-    return Retention(config(tmp_path, **overrides), clock=lambda: now)
+def retention(tmp_path, now: float = NOW, clock: dict = SYNCHRONISED, **overrides) -> Retention:
+    """A retention whose clock says `now`, and which chronyd says is as `clock` says."""
+    (tmp_path / "recordings").mkdir(exist_ok=True)
+    return Retention(config(tmp_path, **overrides), clock=lambda: now, clock_check=lambda: clock)
 
 
 def register(tmp_path) -> list[dict]:
@@ -269,7 +285,7 @@ def test_the_disk_guard_warns_and_deletes_nothing_younger(tmp_path, twelve_days,
     assert report.disk.short
     assert "disk guard:" in caplog.text and "nothing younger is deleted" in caplog.text
     assert report.count == 96
-    metrics = (tmp_path / "state" / "retention.prom").read_text()
+    metrics = (tmp_path / "textfile" / "halfbridge_retention.prom").read_text()
     assert "halfbridge_disk_short 1" in metrics
     assert "halfbridge_retention_destroyed_segments 96" in metrics
 
@@ -315,6 +331,10 @@ def test_an_append_waiting_during_an_index_rewrite_is_not_lost(tmp_path):
         ),
         ({"shortened_days": 5}, "needs shortened_reason"),
         ({"shortened_days": 5, "shortened_reason": ["x"]}, "needs shortened_reason"),
+        ({"max_clock_jump_hours": 0}, "max_clock_jump_hours must be a number of hours above 0 and at most the"),
+        ({"max_clock_jump_hours": 241}, "at most the retention's 240, not 241"),
+        ({"max_clock_jump_hours": True}, "max_clock_jump_hours must be a number of hours"),
+        ({"max_clock_jump_hours": "24"}, "max_clock_jump_hours must be a number of hours"),
     ],
 )
 def test_a_bad_configuration_is_a_sentence(tmp_path, overrides, message):
@@ -389,7 +409,8 @@ def test_the_role_renders_the_inventorys_shortening_and_the_run_keeps_those_days
         ],
         "retention_store_dir": str(tmp_path / "recordings"), "retention_audit_log": str(tmp_path / "log/audit.log"),
         "retention_audit_socket": str(tmp_path / "audit.sock"), "retention_state_dir": str(tmp_path / "state"),
-        "retention_disk_margin_hours": 0,
+        "retention_disk_margin_hours": 0, "retention_metrics_file": str(tmp_path / "halfbridge_retention.prom"),
+        "retention_max_clock_jump_hours": 24,
     }  # fmt: skip
     path = tmp_path / "retention.json"
     for shortening, days in ((None, 10), ({"days": 7, "reason": reason}, 7)):
@@ -398,6 +419,222 @@ def test_the_role_renders_the_inventorys_shortening_and_the_run_keeps_those_days
         loaded = RetentionConfig.load(path)
         assert (loaded.retention_days, loaded.days) == (10, days)
     with caplog.at_level(logging.WARNING):
-        Retention(loaded, clock=lambda: NOW).run()
+        Retention(loaded, clock=lambda: NOW, clock_check=lambda: SYNCHRONISED).run()
     assert f"retention shortened to 7 days (the convention says 10) by decision: {reason}" in caplog.text
     assert {(e["retention_days"], e["decision"]) for e in register(tmp_path)} == {(7, reason)}
+
+
+# -- the clock guard ---------------------------------------------------------------------------------------------
+
+
+def ages(tmp_path, now: float = NOW) -> dict[str, str]:
+    """One camera's segments ended 1 hour, 3 days and 12 days before `now`, each 10 minutes long; their files."""
+    built = {}
+    for name, age in (("1 h", HOUR), ("3 days", 3 * DAY), ("12 days", 12 * DAY)):
+        opened = now - age - 600
+        (segments,) = build_store(tmp_path / "recordings", ["ver-gare-01"], opened, opened, 600).values()
+        built[name] = str(Path("ver-gare-01", utc(segments[0].start).strftime("%Y/%m/%d"), segments[0].name))
+    return built
+
+
+def last_run(tmp_path) -> dict:
+    return json.loads((tmp_path / "state" / "last-run.json").read_text())
+
+
+def metrics(tmp_path) -> str:
+    return (tmp_path / "textfile" / "halfbridge_retention.prom").read_text()
+
+
+def history(tmp_path, event: str) -> list[dict]:
+    log = tmp_path / "log" / "audit.log"
+    return list(query([log], event=event)) if log.is_file() else []
+
+
+def test_with_the_clock_eleven_days_ahead_nothing_is_destroyed_and_every_output_says_why(tmp_path, caplog):
+    assert retention(tmp_path, now=NOW - 300).run().refused is None  # the last run, five minutes ago
+    built = ages(tmp_path)
+    with caplog.at_level(logging.ERROR):
+        report = retention(tmp_path, now=NOW + 11 * DAY).run()
+    assert files(tmp_path / "recordings") == set(built.values()), "not even the 12-day-old segment goes"
+    assert report.count == 0 and register(tmp_path) == []
+    why = (
+        "the retention destroys nothing: the clock says 2026-12-10T09:30:00.000Z, 264.1 hours after the last run "
+        "that was allowed to destroy (2026-11-29T09:25:00.000Z), more than the 24 hours a run may follow it: the "
+        "clock may have jumped forward. A wrong clock would destroy recordings younger than 10 days. Check the "
+        "clock against a trusted time"
+    )
+    assert report.refused.startswith(why)
+    assert "--accept-clock` once as" in report.refused
+    assert why in caplog.text
+    state = last_run(tmp_path)
+    assert state["refused"] == report.refused
+    assert (state["at"], state["cutoff"], state["destroyed_segments"], state["disk"]) == (
+        "2026-12-10T09:30:00.000Z",
+        None,
+        0,
+        None,
+    )
+    assert state["reference"] == state["last_success"] == "2026-11-29T09:25:00.000Z", "the reference stays"
+    assert stat.S_IMODE((tmp_path / "state" / "last-run.json").stat().st_mode) == 0o640
+    assert "halfbridge_retention_clock_refused 1\n" in metrics(tmp_path)
+    assert f"halfbridge_retention_last_success_timestamp_seconds {NOW - 300:.3f}\n" in metrics(tmp_path)
+    assert stat.S_IMODE((tmp_path / "textfile" / "halfbridge_retention.prom").stat().st_mode) == 0o644
+    (refused,) = history(tmp_path, "retention.refused")
+    assert (refused["cause"], refused["reason"][:200]) == ("ahead", report.refused[:200])
+    assert refused["reference"] == "2026-11-29T09:25:00.000Z"
+
+
+def test_a_refusal_is_recorded_once_per_cause_and_said_on_every_run(tmp_path, caplog):
+    retention(tmp_path, now=NOW - 300).run()
+    ages(tmp_path)
+    for minutes in (0, 5, 10):
+        with caplog.at_level(logging.ERROR):
+            caplog.clear()
+            assert retention(tmp_path, now=NOW + 11 * DAY + minutes * 60).run().refused
+        assert "the retention destroys nothing" in caplog.text
+    assert [e["cause"] for e in history(tmp_path, "retention.refused")] == ["ahead"]
+    retention(tmp_path, now=NOW + 11 * DAY + 900, clock=UNSYNCHRONISED).run()
+    assert [e["cause"] for e in history(tmp_path, "retention.refused")] == ["ahead", "unsynchronised+ahead"]
+
+
+@pytest.mark.parametrize("chronyd", ["not synchronised", "not running"])
+def test_with_an_unsynchronised_clock_nothing_is_destroyed_and_every_output_says_why(tmp_path, chronyd):
+    if chronyd == "not running":
+        fake = tmp_path / "bin" / "chronyc"
+        fake.parent.mkdir()
+        fake.write_text("#!/bin/sh\necho '506 Cannot talk to daemon'\nexit 1\n")
+        fake.chmod(0o755)
+        clock = clock_module.check(chronyc=str(fake))
+        said = "chronyd cannot be asked"
+    else:
+        clock, said = UNSYNCHRONISED, "chronyd has no time source it trusts yet (leap status 'Not synchronised')"
+    built = ages(tmp_path)
+    report = retention(tmp_path, clock=clock).run()
+    assert files(tmp_path / "recordings") == set(built.values())
+    assert report.refused.startswith(f"the retention destroys nothing: the clock is not synchronised ({said}")
+    assert "Make the clock synchronised (`chronyc tracking`, `chronyc sources`" in report.refused
+    assert "--accept-clock" not in report.refused, "nothing for a person to accept: chrony is to be fixed"
+    state = last_run(tmp_path)
+    assert state["refused"] == report.refused and state["clock"]["synchronised"] is False
+    assert state["reference"] is None and state["last_success"] is None
+    assert "halfbridge_retention_clock_refused 1\n" in metrics(tmp_path)
+    assert "last_success" not in metrics(tmp_path)
+    assert [e["cause"] for e in history(tmp_path, "retention.refused")] == ["unsynchronised"]
+
+
+def test_with_a_synchronised_clock_and_a_normal_gap_only_what_expired_goes(tmp_path):
+    retention(tmp_path, now=NOW - 300).run()
+    built = ages(tmp_path)
+    report = retention(tmp_path).run()
+    assert report.refused is None and report.count == 1
+    assert files(tmp_path / "recordings") == {built["1 h"], built["3 days"]}
+    state = last_run(tmp_path)
+    assert (state["refused"], state["reference"], state["last_success"]) == (
+        None,
+        "2026-11-29T09:30:00.000Z",
+        "2026-11-29T09:30:00.000Z",
+    )
+    assert state["cutoff"] == "2026-11-19T09:30:00.000Z" and state["destroyed_segments"] == 1
+    assert state["disk"]["short"] is False and state["clock"]["source"] == "127.0.0.1"
+    assert "halfbridge_retention_clock_refused 0\n" in metrics(tmp_path)
+    assert f"halfbridge_retention_last_success_timestamp_seconds {NOW:.3f}\n" in metrics(tmp_path)
+    assert history(tmp_path, "retention.refused") == []
+
+
+def test_a_clock_that_went_back_destroys_nothing(tmp_path):
+    retention(tmp_path, now=NOW + HOUR).run()
+    built = ages(tmp_path)
+    report = retention(tmp_path).run()
+    assert files(tmp_path / "recordings") == set(built.values())
+    said = "60 minutes before the last run that was allowed to destroy (2026-11-29T10:30:00.000Z): the clock went back"
+    assert said in report.refused
+    # A few minutes back is chronyd's own correction at its start: the run goes on, the reference does not go back.
+    retention(tmp_path, now=NOW + HOUR - 120).run()
+    assert last_run(tmp_path)["refused"] is None
+    assert last_run(tmp_path)["reference"] == "2026-11-29T10:30:00.000Z"
+
+
+def test_an_operator_who_checked_the_clock_accepts_it_once_and_the_runs_go_on(tmp_path, caplog):
+    retention(tmp_path, now=NOW - 2 * DAY).run()  # then the gateway was stopped for two days
+    built = ages(tmp_path)
+    assert retention(tmp_path).run().refused
+    assert files(tmp_path / "recordings") == set(built.values())
+    with caplog.at_level(logging.WARNING):
+        report = retention(tmp_path).run(accepted_by="alice")
+    assert report.refused is None and report.count == 1
+    assert files(tmp_path / "recordings") == {built["1 h"], built["3 days"]}
+    assert "clock accepted by alice, at 2026-11-29T09:30:00.000Z, over the guard's refusal" in caplog.text
+    (accepted,) = history(tmp_path, "retention.clock_accepted")
+    assert (accepted["by"], accepted["previous_reference"]) == ("alice", "2026-11-27T09:30:00.000Z")
+    assert accepted["refused"].startswith("the retention destroys nothing: the clock says 2026-11-29T09:30:00.000Z")
+    (destroyed,) = register(tmp_path)
+    assert destroyed["seq"] > accepted["seq"], "accepted in the history before anything was destroyed"
+    assert last_run(tmp_path)["reference"] == "2026-11-29T09:30:00.000Z"
+    assert retention(tmp_path, now=NOW + 300).run().refused is None, "the next cron run goes on by itself"
+
+
+def test_an_acceptance_the_history_cannot_record_destroys_nothing(tmp_path, auditd):
+    retention(tmp_path, now=NOW - 2 * DAY).run()
+    built = ages(tmp_path)
+    auditd.stop()
+    with pytest.raises(RetentionError, match="the acceptance of the clock cannot be recorded in the history"):
+        retention(tmp_path).run(accepted_by="alice")
+    assert files(tmp_path / "recordings") == set(built.values())
+    assert last_run(tmp_path)["reference"] == "2026-11-27T09:30:00.000Z"
+
+
+def test_a_last_run_state_that_cannot_be_read_refuses_until_accepted(tmp_path):
+    retention(tmp_path, now=NOW - 300).run()
+    built = ages(tmp_path)
+    (tmp_path / "state" / "last-run.json").write_text('{"reference": "the day before yesterday"}')
+    report = retention(tmp_path).run()
+    assert "the last run's state cannot be read (" in report.refused
+    assert "its reference 'the day before yesterday' is not a time" in report.refused
+    assert files(tmp_path / "recordings") == set(built.values())
+    assert retention(tmp_path).run(accepted_by="alice").count == 1
+
+
+def test_the_reference_moves_only_on_a_run_the_guard_allowed(tmp_path, auditd):
+    retention(tmp_path, now=NOW - 300).run()
+    retention(tmp_path, clock=UNSYNCHRONISED).run()
+    assert last_run(tmp_path)["reference"] == "2026-11-29T09:25:00.000Z"
+    ages(tmp_path)
+    auditd.stop()  # an allowed run that stops on the audit writer: the reference moves, the success does not
+    with pytest.raises(RetentionError):
+        retention(tmp_path).run()
+    state = last_run(tmp_path)
+    assert (state["reference"], state["last_success"]) == ("2026-11-29T09:30:00.000Z", "2026-11-29T09:25:00.000Z")
+    assert state["refused"].startswith("the run stopped: ")
+
+
+def test_the_command_refuses_on_a_jump_and_accept_clock_records_who_and_goes_on(tmp_path, monkeypatch, caplog):
+    """halfbridge-retention as cron and a person run it: the real time, chronyc on the PATH."""
+    fake = tmp_path / "bin" / "chronyc"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\necho '7F000001,198.18.0.50,3,1796214111.605051148,-0.000000825,0.000001250,0.000001250,-0.545,"
+        "0.000,9.323,0.000011133,0.000030722,2.0,Normal'\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    now = time.time()
+    values = config(tmp_path)
+    path = tmp_path / "retention.json"
+    path.write_text(json.dumps({k: str(v) if isinstance(v, os.PathLike) else v for k, v in vars(values).items()}))
+    retention(tmp_path, now=now - 3 * DAY).run()
+    built = ages(tmp_path, now)
+    with caplog.at_level(logging.ERROR):
+        assert retention_main([str(path), "--dry-run"]) == 1
+        assert "a run now would destroy nothing, and this dry run lists nothing" in caplog.text
+        assert retention_main([str(path)]) == 1
+    assert f"run `halfbridge-retention {path} --accept-clock` once as" in caplog.text
+    assert files(tmp_path / "recordings") == set(built.values())
+    with pytest.raises(SystemExit):
+        retention_main([str(path), "--accept-clock", "--dry-run"])
+    monkeypatch.setenv("SUDO_USER", "alice")
+    assert retention_main([str(path), "--accept-clock"]) == 0
+    assert files(tmp_path / "recordings") == {built["1 h"], built["3 days"]}
+    (accepted,) = history(tmp_path, "retention.clock_accepted")
+    assert accepted["by"] == "alice" and accepted["clock"]["source"] == "198.18.0.50"
+    monkeypatch.delenv("SUDO_USER")
+    assert retention_main([str(path)]) == 0

@@ -159,7 +159,7 @@ def test_cron_runs_it_as_the_service_user_and_the_audit_writer_keeps_a_year_of_h
 
 def test_the_disk_guard_reports_what_the_retention_still_needs(lab_host, purged):
     gw = lab_host("gw")
-    text = gw.check_output("cat /var/lib/halfbridge/retention/retention.prom")
+    text = gw.check_output("cat /var/lib/prometheus/node-exporter/halfbridge_retention.prom")
     metrics = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if not line.startswith("#")}
     blocks, block_size = map(int, gw.check_output(f"stat -f -c '%a %S' {STORE}").split())
     free = blocks * block_size

@@ -31,6 +31,8 @@ def read_json(path: str | os.PathLike, known: Iterable[str], required: Iterable[
         raise ConfigError(f"{path} has unknown keys {', '.join(unknown)}")
     for key in paths:
         if raw.get(key):
+            if not isinstance(raw[key], str):
+                raise ConfigError(f"{path}: {key} must be a path (a string), not {json.dumps(raw[key])[:60]}")
             raw[key] = Path(raw[key])
     return raw
 

@@ -81,7 +81,7 @@ def ffconcat_text(url: str, timeout: float) -> str:
 
 
 def write_private(path: Path, text: str, mode: int = 0o600) -> None:
-    """Write a file only its owner (and, with `mode` 0o640, its group) can read, atomically."""
+    """Write a file only its owner (and, with `mode` 0o640, its group; 0o644, everyone) can read, atomically."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         if mode != 0o600:

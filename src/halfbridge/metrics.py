@@ -5,6 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
+def label(value: str) -> str:
+    """A label's value in the exposition format: backslash, double quote and line feed escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def family(name: str, kind: str, help_text: str, samples: Iterable[tuple[str, object]]) -> list[str]:
     """One metric family: its HELP and TYPE lines, then `name<suffix> value` per sample.
 
@@ -19,3 +24,15 @@ def gauge(name: str, help_text: str, value: object) -> list[str]:
 
 def exposition(lines: Iterable[str]) -> str:
     return "\n".join(lines) + "\n"
+
+
+# node_exporter's textfile collector reads every *.prom file of this directory (the
+# metrics_exporter role creates it); each writer owns its own files there.
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+
+
+def write_textfile(path, lines: Iterable[str]) -> None:
+    """Write a .prom file for the textfile collector, atomically (never read half-written), 0644."""
+    from halfbridge.media import write_private
+
+    write_private(path, exposition(lines), mode=0o644)

@@ -13,6 +13,13 @@ with the flag `recovered`.
 With `live_socket`, ffmpeg also writes the camera's video into a pipe that the
 live tap (`halfbridge.live`) fans out to the relay's live flows.
 
+With `metrics_dir`, the recorder also writes the camera's metrics for
+node_exporter's textfile collector (`halfbridge_recorder_<camera>.prom`, see
+docs/metrics.md): whether ffmpeg is writing segments, the end of the last one,
+ffmpeg's restarts, and since when the camera is down. It rewrites the file on
+every change of state and after each finished segment; a file it cannot write is
+said once in the log, and the recording goes on.
+
 Only the camera's first video stream is recorded, as the camera sends it (no
 transcoding); its sound never is (video-protection concerns images), which the
 status says once. When ffmpeg fails, the reason given (status, log, history) is
@@ -41,7 +48,8 @@ from halfbridge import media, ts
 from halfbridge.audit import AuditClient, AuditError
 from halfbridge.config import load_or_exit
 from halfbridge.live import LiveTap
-from halfbridge.store import Segment, Store, iso, segment_day, segment_time, utc
+from halfbridge.metrics import family, label, write_textfile
+from halfbridge.store import CAMERA_ID_RE, Segment, Store, check_camera_id, iso, segment_day, segment_time, utc
 
 log = logging.getLogger("halfbridge.recorder")
 
@@ -69,14 +77,22 @@ class RecorderConfig:
     still_down_log_seconds: float = 600.0
     audit_socket: Path | None = None  # the audit writer, which records outages and recoveries for auditors
     live_socket: Path | None = None  # where the relay's live flows connect (halfbridge.live); None: no live tap
+    # node_exporter's textfile directory (halfbridge.metrics.TEXTFILE_DIR on a gateway), where the camera's
+    # metrics go; None: no metrics file (tests of the recorder alone).
+    metrics_dir: Path | None = None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RecorderConfig:
         """Read a camera's JSON configuration; a missing key or a bad value is a sentence."""
         required = ("camera", "url", "store_root", "state_dir")
-        config = load_or_exit(
-            cls, "halfbridge-recorder", path, required, paths=("store_root", "state_dir", "audit_socket", "live_socket")
-        )
+        paths = ("store_root", "state_dir", "audit_socket", "live_socket", "metrics_dir")
+        config = load_or_exit(cls, "halfbridge-recorder", path, required, paths=paths)
+        if not isinstance(config.camera, str) or not CAMERA_ID_RE.match(config.camera):
+            # The id names the camera's files (recordings, status, metrics) and labels its metrics.
+            raise SystemExit(
+                f"halfbridge-recorder: {path}: camera is the camera's id, 1 to 64 of a-z, 0-9, '-' and '_' "
+                f"(starting with a letter or digit), not {config.camera!r}"
+            )
         if config.segment_seconds < 2 or config.watchdog_seconds <= 0 or config.backoff_cap < config.backoff_initial:
             raise SystemExit(
                 f"halfbridge-recorder: {path}: segment_seconds must be at least 2, watchdog_seconds positive, "
@@ -129,6 +145,7 @@ class Run:
 
 class Recorder:
     def __init__(self, config: RecorderConfig, clock=time.time, sleep=time.sleep) -> None:
+        check_camera_id(config.camera)  # it names files below state_dir and metrics_dir
         self.config = config
         self.store = Store(config.store_root)
         self.clock, self.sleep = clock, sleep
@@ -151,6 +168,11 @@ class Recorder:
         self.playlist_path = config.state_dir / f"{config.camera}.ffconcat"
         self.run_path = config.state_dir / f"{config.camera}.run.json"
         self.live = LiveTap(config.live_socket, config.camera) if config.live_socket else None
+        metrics_name = f"halfbridge_recorder_{config.camera}.prom"
+        self.metrics_path = config.metrics_dir / metrics_name if config.metrics_dir else None
+        self.metrics_failing = False  # the last write of the metrics file failed (said once)
+        self.last_end: float | None = None  # end of the camera's last indexed segment, this run or before
+        self.stopped_at: float | None = None  # when a SIGTERM or SIGINT stopped the recorder
 
     # -- lifecycle -------------------------------------------------------
 
@@ -159,6 +181,7 @@ class Recorder:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         self.recover()
+        self.last_end = self.last_indexed_end()
         self.write_status()
         log.info("camera %s: recording to %s", self.config.camera, self.store.camera_dir(self.config.camera))
         if self.live is not None:
@@ -180,6 +203,7 @@ class Recorder:
             self.run_ended(self.clock(), "the recorder is stopping")
         if self.live is not None:
             self.live.close()
+        self.stopped_at = self.clock()
         self.write_status()
         return 0
 
@@ -337,6 +361,8 @@ class Recorder:
             self.run_path.write_text(
                 json.dumps({"started": run.started, "anchor": run.anchor, "last_end": run.last_end})
             )
+            self.last_end = run.last_end
+            self.write_metrics()  # once per finished segment, at most: segments last 2 s or more
 
     def first_lead(self, name: str) -> float:
         """How much later than listed a run's first segment starts (B-frames; see `ts.lead`)."""
@@ -475,6 +501,73 @@ class Recorder:
         }
         # Readable by the recorder's group: the relay shows the state and the error in /v1/cameras.
         media.write_private(self.status_path, json.dumps(status, indent=1) + "\n", mode=0o640)
+        self.write_metrics()
+
+    def metrics_lines(self) -> list[str]:
+        """The camera's series, in Prometheus' text format; a series whose value is unknown is left out."""
+        camera = f'{{camera="{label(self.config.camera)}"}}'
+        up = self.state == "recording" and not self.stopping
+        down_since = self.down_since if self.state == "down" else None
+        if self.stopping and down_since is None:  # stopped while recording (or starting): not recorded since
+            down_since = self.stopped_at if self.stopped_at is not None else self.clock()
+        return [
+            *family(
+                "halfbridge_camera_up",
+                "gauge",
+                "1 while the recorder's ffmpeg writes the camera's segments; 0 while it starts, is down or stopped.",
+                [(camera, int(up))],
+            ),
+            *family(
+                "halfbridge_camera_last_segment_end_timestamp_seconds",
+                "gauge",
+                "End of the camera's last indexed segment (Unix time): what the PP can play back stops there.",
+                [(camera, f"{self.last_end:.3f}")] if self.last_end is not None else [],
+            ),
+            *family(
+                "halfbridge_recorder_restarts_total",
+                "counter",
+                "ffmpeg runs that ended (each started again after the back-off), since the recorder started.",
+                [(camera, self.restarts)],
+            ),
+            *family(
+                "halfbridge_camera_down_since_timestamp_seconds",
+                "gauge",
+                "Since when the camera is not recorded, down or stopped (Unix time); absent while it records.",
+                [(camera, f"{down_since:.3f}")] if down_since is not None else [],
+            ),
+        ]
+
+    def write_metrics(self) -> None:
+        """The camera's metrics file for node_exporter; a failure is said once, and never stops the recording."""
+        if self.metrics_path is None:
+            return
+        try:
+            write_textfile(self.metrics_path, self.metrics_lines())
+        except OSError as exc:
+            if not self.metrics_failing:
+                log.warning(
+                    "camera %s: cannot write its metrics to %s (%s): the supervision sees the camera's file grow "
+                    "stale; recording goes on",
+                    self.config.camera,
+                    self.metrics_path,
+                    exc.strerror or exc,
+                )
+            self.metrics_failing = True
+            return
+        if self.metrics_failing:
+            log.info("camera %s: its metrics are written to %s again", self.config.camera, self.metrics_path)
+        self.metrics_failing = False
+
+    def last_indexed_end(self) -> float | None:
+        """The end of the camera's last indexed segment, from the indexes of its last two days."""
+        try:
+            for day in reversed(self.store.days(self.config.camera)[-2:]):
+                segments = self.store.index(self.config.camera, day)
+                if segments:
+                    return max(segment.end for segment in segments)
+        except OSError as exc:
+            log.warning("camera %s: cannot read its index for its last segment: %s", self.config.camera, exc)
+        return None
 
     # -- crash recovery --------------------------------------------------
 
@@ -517,6 +610,7 @@ class Recorder:
         start = last_end if last_end is not None and abs(last_end - named) < 5 else named
         segment = Segment(round(start, 3), round(start + duration, 3), size, path.name, "recovered")
         self.store.append(self.config.camera, day, segment)
+        self.last_end = max(self.last_end or segment.end, segment.end)
         log.info(
             "camera %s: indexed %s (%.1f s) left unfinished by a crash",
             self.config.camera,

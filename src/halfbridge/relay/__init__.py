@@ -24,9 +24,23 @@ One module per job:
 - `config`: the configuration file.
 """
 
-from halfbridge.relay.app import Relay
-from halfbridge.relay.config import RelayConfig
-from halfbridge.relay.problems import Problem, parse_time, stream_format
-from halfbridge.relay.sources import REORDER
+from importlib import import_module
 
-__all__ = ["REORDER", "Problem", "Relay", "RelayConfig", "parse_time", "stream_format"]
+# Loaded when first asked for (PEP 562): a reader of the relay's configuration (halfbridge-status)
+# does not pay for aiohttp and the application.
+_WHERE = {
+    "REORDER": "sources",
+    "Problem": "problems",
+    "Relay": "app",
+    "RelayConfig": "config",
+    "parse_time": "problems",
+    "stream_format": "problems",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)

@@ -23,12 +23,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 
 from aiohttp import web
 
+from halfbridge import __version__
 from halfbridge.audit import AuditClient, AuditError, clean_text
+from halfbridge.clock import load as load_clock
 from halfbridge.folding import folded_line
 from halfbridge.interconnect import Interconnect, Suspension
 from halfbridge.metrics import exposition
@@ -48,6 +51,10 @@ from halfbridge.tls import TLSSite
 log = logging.getLogger("halfbridge.relay")
 
 _PATH_SHOWN = 80
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class Relay:
@@ -423,16 +430,49 @@ class Relay:
 
     # -- management side ---------------------------------------------------
 
-    async def health(self, _request: web.Request) -> web.Response:
+    async def checked(self) -> tuple[dict | None, list[str]]:
+        """The quota daemon's answer (None when it does not answer), and what makes the relay unhealthy.
+
+        One check for /healthz and /metrics (halfbridge_relay_healthy): the quota daemon answers, the
+        store is there, revocation can be checked. A suspension, the convention's end and the clock are
+        reported, never a failure: the relay then refuses as it must, and each has its own alert.
+        """
         problems = []
         try:
             answer = await self.quota.leases()
         except QuotaError as exc:
             problems.append(str(exc))
-            answer = {}
+            answer = None
         if not self.config.store_root.is_dir():
             problems.append(f"the store {self.config.store_root} is missing")
         problems += [f"nobody gets in: {problem}" for problem in self.keeper.problems]
+        return answer, problems
+
+    def clock_state(self) -> dict:
+        """The gateway's clock as halfbridge-clock last found it (`halfbridge.clock.load`), for /healthz and
+        /metrics: synchronised, offset_seconds, checked_at, and the reason when not synchronised."""
+        path = self.config.clock_state
+        state = load_clock(path, now=self.clock())
+        if state is None:
+            return {
+                "synchronised": False,
+                "offset_seconds": None,
+                "checked_at": None,
+                "reason": f"{path} does not exist: halfbridge-clock has not checked the clock yet",
+            }
+        offset, checked = state.get("offset_seconds"), state.get("checked_at")
+        reason = state.get("reason") or state.get("error")
+        synchronised = state.get("synchronised") is True
+        return {
+            "synchronised": synchronised,
+            "offset_seconds": offset if _finite(offset) else None,
+            "checked_at": clean_text(checked, 40) if isinstance(checked, str) else None,
+            "reason": None if synchronised or not isinstance(reason, str) else clean_text(reason, 300),
+        }
+
+    async def health(self, _request: web.Request) -> web.Response:
+        answer, problems = await self.checked()
+        answer = answer or {}
         body = {
             "status": "fail" if problems else "pass",
             "problems": problems,
@@ -442,14 +482,12 @@ class Relay:
             "convention_ends_on": self.config.convention_ends_on,
             "convention_ended": self.has_ended(),
             "crl_next_update": {issuer: utc(when) for issuer, when in self.keeper.expiries().items()},
+            "clock": self.clock_state(),
         }
         return web.json_response(body, status=503 if problems else 200)
 
     async def prometheus(self, _request: web.Request) -> web.Response:
-        try:
-            answer = await self.quota.leases()
-        except QuotaError:
-            answer = None
+        answer, problems = await self.checked()
         lines = self.metrics.lines(
             answer,
             open_flows=len(self.flows.open),
@@ -459,6 +497,9 @@ class Relay:
             convention_ended=self.has_ended(),
             checkable=not self.keeper.problems,
             crl_expiries=self.keeper.expiries(),
+            healthy=not problems,
+            clock=self.clock_state(),
+            version=__version__,
         )
         return web.Response(text=exposition(lines), content_type="text/plain", charset="utf-8")
 

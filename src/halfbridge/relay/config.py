@@ -63,6 +63,9 @@ class RelayConfig:
     crl_dir: Path | None = None
     # A CRL that expires within this many hours is a warning in the log, and on /healthz.
     crl_warn_hours: float = 48.0
+    # The clock's state (halfbridge-clock, every 30 s): /healthz and /metrics say whether the clock is
+    # synchronised. Reported only: an unsynchronised clock does not make the relay unhealthy.
+    clock_state: Path = Path("/var/lib/halfbridge/clock.json")
     # The audit writer (halfbridge-auditd): no request is served, and no flow starts, unrecorded.
     audit_socket: Path = DEFAULT_SOCKET
     # Refused handshakes: per window, the first of each peer in full, the rest folded (halfbridge.folding).
@@ -83,8 +86,10 @@ class RelayConfig:
     def load(cls, path: str | os.PathLike) -> RelayConfig:
         paths = ("tls_certificate", "tls_key", "tls_client_ca", "store_root", "quotad_socket")
         required = ("listen_host", "listen_port", *paths, "live_dir")
-        paths += ("live_dir", "recorder_state_dir", "interconnect_state", "crl_dir", "audit_socket")
+        paths += ("live_dir", "recorder_state_dir", "interconnect_state", "crl_dir", "audit_socket", "clock_state")
         config = load_or_exit(cls, "halfbridge-relay", path, required, paths)
+        if not isinstance(config.clock_state, Path):
+            raise SystemExit(f"halfbridge-relay: {path}: clock_state is the path of halfbridge-clock's state file")
         for camera in config.cameras:
             if not isinstance(camera, dict) or not CAMERA_ID_RE.match(str(camera.get("id"))):
                 raise SystemExit(f"halfbridge-relay: {path}: every camera needs a valid id: {camera!r}")

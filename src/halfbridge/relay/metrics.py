@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass, field
 
-from halfbridge.metrics import family, gauge
+from halfbridge.metrics import family, gauge, label
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _count(counter: dict, key) -> None:
@@ -53,11 +54,39 @@ class Metrics:
         crl_expiries: dict[str, dt.datetime | None],
         convention_end: float | None = None,
         convention_ended: bool = False,
+        healthy: bool = True,
+        clock: dict | None = None,
+        version: str = "",
     ) -> list[str]:
-        """Every family; `quota` is the quota daemon's answer to `list`, None when it does not answer."""
+        """Every family; `quota` is the quota daemon's answer to `list`, None when it does not answer;
+        `healthy` whether /healthz passes; `clock` the clock as /healthz shows it (None: not known)."""
         up = quota is not None
         quota = quota or {}
+        clock = clock or {}
+        offset = clock.get("offset_seconds")
         return [
+            *family(
+                "halfbridge_build_info",
+                "gauge",
+                "The halfbridge package the relay runs, by version (always 1).",
+                [(f'{{version="{label(version)}"}}', 1)],
+            ),
+            *gauge(
+                "halfbridge_relay_healthy",
+                "1 exactly when /healthz passes (quota daemon answering, store present, revocation checkable).",
+                int(healthy),
+            ),
+            *gauge(
+                "halfbridge_clock_synchronised",
+                "1 while halfbridge-clock's fresh state says the clock is synchronised (docs/time.md).",
+                int(clock.get("synchronised") is True),
+            ),
+            *family(
+                "halfbridge_clock_offset_seconds",
+                "gauge",
+                "The clock's offset from its time source as chronyd estimates it, positive when ahead (seconds).",
+                [("", f"{offset:.9f}")] if _number(offset) else [],
+            ),
             *gauge("halfbridge_quota_up", "1 when the quota daemon answers.", int(up)),
             *gauge("halfbridge_flows_in_use", "Quota slots in use (all relays).", quota.get("in_use", 0)),
             *gauge("halfbridge_flows_limit", "Simultaneous flows the convention allows.", quota.get("limit", 0)),
@@ -89,7 +118,7 @@ class Metrics:
                 "gauge",
                 "When each CRL in force expires (nextUpdate, Unix time): alert well before.",
                 (
-                    (f'{{issuer="{_label(issuer)}"}}', f"{when.timestamp():.0f}")
+                    (f'{{issuer="{label(issuer)}"}}', f"{when.timestamp():.0f}")
                     for issuer, when in crl_expiries.items()
                     if when
                 ),

@@ -64,6 +64,7 @@ lint: deps
 	ansible-lint --profile production
 	ruff check .
 	ruff format --check .
+	promtool check rules roles/supervision/files/etc/prometheus/rules/halfbridge.rules.yml
 
 # Unit and integration tests (no container: a local camera and real ffmpeg).
 # Unit tests on both cores (many start ansible-playbook); integration tests one at a

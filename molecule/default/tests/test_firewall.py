@@ -116,9 +116,11 @@ def test_from_the_gateway_only_the_cameras_rtsp_ports_are_reachable(lab_host, ca
     assert f"DST={camera_host} " in gw.check_output(f"grep -a 'halfbridge drop out:.* DPT=8599 ' {LOG} || true")
 
 
-def test_the_management_network_reaches_health_and_metrics(lab_host, gw_addresses):
-    seen = probe(lab_host("pp"), gw_addresses["management"], [9108])
-    assert seen == {9108: "open"}
+def test_health_metrics_and_node_exporter_answer_the_supervision_host_only(lab_host, gw_addresses):
+    ports = [9108, 9100]
+    assert probe(lab_host("ops"), gw_addresses["management"], ports) == dict.fromkeys(ports, "open")
+    # Another host of the management network (pp's management address) gets nothing there.
+    assert probe(lab_host("pp"), gw_addresses["management"], ports) == dict.fromkeys(ports, "timeout")
 
 
 def test_a_ruleset_nft_refuses_fails_the_play_and_leaves_the_running_one(lab_host, relay_port, tmp_path):

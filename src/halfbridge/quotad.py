@@ -557,6 +557,8 @@ class QuotaClient(_Requests):
                     if not chunk:
                         break
                     data += chunk
+                    if len(data) > 65536:  # as AsyncQuotaClient's line limit
+                        raise OSError("an answer longer than 64 KiB")
         except OSError as exc:
             raise self._unreachable(exc) from None
         return self._answer(data)

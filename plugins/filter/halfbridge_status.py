@@ -16,7 +16,7 @@ short_description: One table, a line per gateway, of what halfbridge-status answ
 description:
   - Takes a mapping of gateway name to the result registered by the C(halfbridge-status --json)
     task (C(rc), C(stdout), C(stderr); none for a gateway that never ran it) and returns the
-    table as one string: flows in use and the limit, cameras recording out of the total and the
+    table as one string, with the flows in use and the limit, cameras recording out of the total and the
     ones that are not, CRLs current and the next nextUpdate, the open incident and its
     deadline, the retention's last run, the disk, the clock and the history's chain; then, per
     gateway, each sentence of its C(attention) list, or why its status could not be read.

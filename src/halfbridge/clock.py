@@ -49,6 +49,7 @@ import time
 from pathlib import Path
 
 from halfbridge.metrics import TEXTFILE_DIR, gauge, write_textfile
+from halfbridge.store import iso_seconds
 
 log = logging.getLogger("halfbridge.clock")
 
@@ -78,11 +79,6 @@ KEYS = ("checked_at", "synchronised", "offset_seconds", "source", "stratum", "le
 
 class TrackingError(ValueError):
     """chronyc's answer is not a tracking report; the message says what was wrong with it."""
-
-
-def iso(ts: float) -> str:
-    """UTC to the second, with `Z`, as the state file writes times."""
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _shown(text: str, limit: int = 80) -> str:
@@ -159,7 +155,7 @@ def parse_tracking(text: str, max_offset: float = MAX_OFFSET_SECONDS) -> dict:
 
 def _unknown(checked_at: float, error: str) -> dict:
     return {
-        "checked_at": iso(checked_at),
+        "checked_at": iso_seconds(checked_at),
         "synchronised": False,
         "offset_seconds": None,
         "source": None,
@@ -195,7 +191,7 @@ def check(chronyc: str = CHRONYC, timeout: float = TIMEOUT, now: float | None = 
         state = parse_tracking(out)
     except TrackingError as exc:
         return _unknown(checked_at, f"{chronyc} tracking gave an answer that is not a tracking report: {exc}")
-    return {"checked_at": iso(checked_at), **state, "error": None}
+    return {"checked_at": iso_seconds(checked_at), **state, "error": None}
 
 
 def load(path: str | os.PathLike = STATE_FILE, now: float | None = None) -> dict | None:

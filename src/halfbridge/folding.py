@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from halfbridge.store import iso_seconds
+
 OTHERS = "other peers"
 
 
@@ -74,7 +76,7 @@ class Folder:
     def flush(self) -> list[dict]:
         """The folded entries' fields of the window that ends now (one per peer that had refusals folded)."""
         now = self.clock()
-        start, end = _iso(self.started), _iso(now)
+        start, end = iso_seconds(self.started), iso_seconds(now)
         entries = [
             {
                 "peer": peer,
@@ -95,7 +97,3 @@ def folded_line(fields: dict, what: str) -> str:
     """The log line of one peer's folded window: `N more WHAT from PEER in the last window (reason: n, ...)`."""
     reasons = ", ".join(f"{kind}: {n}" for kind, n in fields["reasons"].items())
     return f"{fields['folded']} more {what} from {fields['peer']} in the last window ({reasons})"
-
-
-def _iso(moment: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))

@@ -58,7 +58,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from halfbridge.config import load_or_exit
-from halfbridge.store import replacing_prefix, write_replacing
+from halfbridge.store import iso_seconds, replacing_prefix, write_replacing
 
 log = logging.getLogger("halfbridge.quotad")
 
@@ -112,7 +112,7 @@ class Lease:
 
     def public(self) -> dict:
         view = asdict(self)
-        view["since"] = _iso(self.since)
+        view["since"] = iso_seconds(self.since)
         del view["expires"]
         return view
 
@@ -591,7 +591,3 @@ def _bad(message: str) -> dict:
 
 def _encode(message: dict) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -50,6 +50,7 @@ from halfbridge.audit import (
 )
 from halfbridge.clock import STATE_FILE as CLOCK_STATE
 from halfbridge.clock import load as load_clock
+from halfbridge.store import iso_seconds
 from halfbridge.times import TimeError, parse_time
 
 DEFAULT_CONFIG_DIR = Path("/etc/halfbridge")
@@ -233,7 +234,7 @@ def _camera(camera: dict, state_dir: Path, store, segment_seconds: int, now: flo
         "stopped": _when(status.get("updated")),
         "starting": _when(status.get("updated")),
         "recording": _when(status.get("updated")) if said == "recording" else None,
-        "stalled": _iso(last) if last is not None else _when(status.get("updated")),
+        "stalled": iso_seconds(last) if last is not None else _when(status.get("updated")),
     }.get(state)
     last_error = _text(status.get("last_error"), REASON)
     item = {
@@ -242,7 +243,7 @@ def _camera(camera: dict, state_dir: Path, store, segment_seconds: int, now: flo
         "site": _text(camera.get("site")),
         "state": state,
         "since": since,
-        "last_segment_end": _iso(last) if last is not None else None,
+        "last_segment_end": iso_seconds(last) if last is not None else None,
         "last_error": last_error,
         "restarts": status.get("restarts") if _whole(status.get("restarts")) else None,
     }
@@ -253,7 +254,7 @@ def _camera(camera: dict, state_dir: Path, store, segment_seconds: int, now: flo
         "stopped": f"camera {camera_id} is not recorded: its recorder is stopped (since {since or 'an unknown time'})",
         "starting": f"camera {camera_id} is not recorded yet: its recorder is starting (since {since or '?'})",
         "stalled": f"camera {camera_id}: its recorder says it records, but no segment has ended since "
-        f"{_iso(last) if last is not None else 'it started'} (more than 3 segments ago): "
+        f"{iso_seconds(last) if last is not None else 'it started'} (more than 3 segments ago): "
         f"look at halfbridge-recorder@{camera_id}",
         "unknown": f"camera {camera_id} is not recorded: {unreadable or 'its recorder says ' + repr(_text(said, 32))}",
     }[state]
@@ -316,8 +317,8 @@ def crls(gw: Gateway) -> tuple[dict, list[str]]:
             {
                 "file": _text(name),
                 "issuer": issuer,
-                "this_update": _iso(crl.last_update_utc.timestamp()),
-                "next_update": _iso(expiry.timestamp()) if expiry else None,
+                "this_update": iso_seconds(crl.last_update_utc.timestamp()),
+                "next_update": iso_seconds(expiry.timestamp()) if expiry else None,
                 "state": state,
                 "problem": None,
             }
@@ -325,8 +326,8 @@ def crls(gw: Gateway) -> tuple[dict, list[str]]:
         if state == "expiring":
             hours = (expiry - now).total_seconds() / 3600
             attention.append(
-                f"the CRL of {issuer} expires at {_iso(expiry.timestamp())} (in {hours:.1f} h): if halfbridge-crl "
-                "cannot fetch a new one by then, nobody gets in"
+                f"the CRL of {issuer} expires at {iso_seconds(expiry.timestamp())} (in {hours:.1f} h): "
+                "if halfbridge-crl cannot fetch a new one by then, nobody gets in"
             )
     for name, why in sorted(trust.unreadable.items()):
         items.append(
@@ -696,7 +697,7 @@ def gather(gw: Gateway) -> dict:
     report = {
         "host": _text(socket.gethostname(), 64),
         "version": __version__,
-        "checked_at": _iso(gw.now),
+        "checked_at": iso_seconds(gw.now),
         "ok": True,
         "attention": [],
     }
@@ -895,13 +896,9 @@ def _text(value: object, limit: int = TEXT) -> str | None:
 def _when(value: object) -> str | None:
     """An ISO 8601 time read from a file, as UTC to the second (`2026-12-02T10:00:00Z`); None if it is not one."""
     try:
-        return _iso(parse_time("time", value)) if isinstance(value, str) else None
+        return iso_seconds(parse_time("time", value)) if isinstance(value, str) else None
     except TimeError:
         return None
-
-
-def _iso(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def _whole(value: object) -> bool:

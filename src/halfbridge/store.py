@@ -100,6 +100,11 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else utc(ts).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def iso_seconds(ts: float) -> str:
+    """A time to the second, UTC, `Z` (what people read: states, sentences, the status view)."""
+    return utc(ts).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def replacing_prefix(name: str) -> str:
     """How the temporary files `write_replacing` writes beside `name` begin (a crash may leave one behind)."""
     return f".{name.lstrip('.')}."

@@ -12,20 +12,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from halfbridge import __version__
-from halfbridge.clock import iso
 from halfbridge.quotad import QuotaDaemon, QuotadConfig
 from halfbridge.relay import Relay, RelayConfig
-from tests.unit.test_recorder_metrics import parse_exposition
+from halfbridge.store import iso_seconds
+from tests.support.exposition import parse_exposition
+from tests.support.fakes import Clock
 
 NOW = 1_796_200_000.0  # 2026-12-02T09:06:40Z
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _relay(tmp_path: Path, clock: Clock, **changes) -> Relay:
@@ -44,7 +37,7 @@ def _relay(tmp_path: Path, clock: Clock, **changes) -> Relay:
 def _clock_file(tmp_path: Path, checked_at: float, **changes) -> None:
     """halfbridge-clock's state file, as its contract has it."""
     state = {
-        "checked_at": iso(checked_at), "synchronised": True, "offset_seconds": 0.0012, "source": "198.18.0.50",
+        "checked_at": iso_seconds(checked_at), "synchronised": True, "offset_seconds": 0.0012, "source": "198.18.0.50",
         "stratum": 3, "leap": "Normal", "error": None, **changes,
     }  # fmt: skip
     (tmp_path / "clock.json").write_text(json.dumps(state))
@@ -82,7 +75,7 @@ def test_the_build_and_a_synchronised_clock_are_on_metrics_and_health(tmp_path):
     (status, health), metrics = asyncio.run(_management(_relay(tmp_path, clock)))
     assert (status, health["status"]) == (200, "pass")
     assert health["clock"] == {
-        "synchronised": True, "offset_seconds": 0.0012, "checked_at": iso(NOW - 20), "reason": None,
+        "synchronised": True, "offset_seconds": 0.0012, "checked_at": iso_seconds(NOW - 20), "reason": None,
     }  # fmt: skip
     assert value(metrics, "halfbridge_build_info", (("version", __version__),)) == 1
     assert value(metrics, "halfbridge_clock_synchronised") == 1
@@ -132,9 +125,9 @@ def test_a_clock_not_known_synchronised_is_reported_but_the_relay_stays_healthy(
         b"\x00\xff not json",
         b"[]",
         b"{" + b'"x": 1, ' * 20000 + b"}",
-        json.dumps({"checked_at": iso(NOW), "synchronised": "yes", "offset_seconds": "NaN"}).encode(),
-        b'{"checked_at": "' + iso(NOW).encode() + b'", "synchronised": false, "offset_seconds": NaN}',
-        json.dumps({"checked_at": iso(NOW), "synchronised": False, "reason": "\x1b[2J" + "x" * 5000}).encode(),
+        json.dumps({"checked_at": iso_seconds(NOW), "synchronised": "yes", "offset_seconds": "NaN"}).encode(),
+        b'{"checked_at": "' + iso_seconds(NOW).encode() + b'", "synchronised": false, "offset_seconds": NaN}',
+        json.dumps({"checked_at": iso_seconds(NOW), "synchronised": False, "reason": "\x1b[2J" + "x" * 5000}).encode(),
     ],
     ids=["binary", "not-an-object", "huge", "wrong-types", "nan", "hostile-reason"],
 )

@@ -5,18 +5,14 @@ from __future__ import annotations
 import pytest
 
 from halfbridge.folding import OTHERS, Folder
+from tests.support.fakes import Clock
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+# The fake clock's first reading.
+START = 1_800_000_000.0
 
 
 def test_the_first_refusals_of_a_peer_are_written_in_full_then_counted():
-    clock = Clock()
+    clock = Clock(START)
     folder = Folder(window=60, per_peer=5, full_total=20, peers=64, clock=clock)
     written = [folder.offer("198.51.100.66", "plain-http") for _ in range(10_000)]
     assert written[:5] == [True] * 5 and not any(written[5:])
@@ -31,7 +27,7 @@ def test_the_first_refusals_of_a_peer_are_written_in_full_then_counted():
 
 
 def test_many_peers_never_write_more_than_the_bound_in_a_window():
-    folder = Folder(window=60, per_peer=5, full_total=20, peers=64, clock=Clock())
+    folder = Folder(window=60, per_peer=5, full_total=20, peers=64, clock=Clock(START))
     full = sum(folder.offer(f"198.51.100.{n % 250}", "unknown-ca") for n in range(100_000))
     summaries = folder.flush()
     assert full == 20

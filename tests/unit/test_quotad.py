@@ -20,17 +20,12 @@ from pathlib import Path
 import pytest
 
 from halfbridge.quotad import Quota, QuotaClient, QuotaDaemon, QuotadConfig, QuotaError
+from tests.support.fakes import Clock
 from tests.support.waiting import wait_for
 
 QUOTAD = Path(sys.executable).parent / "halfbridge-quotad"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+# The fake clock's first reading.
+START = 1000.0
 
 
 def flow(n: int, mode: str = "live") -> dict:
@@ -53,7 +48,7 @@ def test_another_partners_limit_comes_from_the_configuration_and_its_sentences_s
     path = tmp_path / "quotad.json"
     path.write_text(json.dumps({"socket": str(tmp_path / "quotad.sock"), "limit": 6, "ttl": 15}))
     config = QuotadConfig.load(path)
-    clock = Clock()
+    clock = Clock(START)
     daemon = QuotaDaemon(config, clock=clock)
     daemon.restore()  # no state file: new flows wait one ttl
     starting = daemon.answer(flow(0))
@@ -66,7 +61,7 @@ def test_another_partners_limit_comes_from_the_configuration_and_its_sentences_s
 
 
 def test_a_lease_not_renewed_expires_and_frees_its_slot():
-    clock = Clock()
+    clock = Clock(START)
     quota = Quota(limit=1, ttl=15, clock=clock)
     kept = quota.handle(flow(1))["lease"]
     clock.now += 10
@@ -118,7 +113,7 @@ def held(quota: Quota, n: int = 10) -> list[str]:
 
 
 def test_after_a_start_that_knows_nothing_no_flow_is_granted_for_a_ttl_and_old_renewals_are_refused():
-    clock = Clock()
+    clock = Clock(START)
     quota = Quota(limit=10, ttl=15, clock=clock)
     quota.hold_back("no state_file is configured")
     refused = quota.handle(flow(1))
@@ -138,7 +133,7 @@ def test_after_a_start_that_knows_nothing_no_flow_is_granted_for_a_ttl_and_old_r
 
 
 def test_saved_leases_count_until_renewed_or_a_ttl_has_gone_by_and_a_renewal_re_adopts_one():
-    clock = Clock()
+    clock = Clock(START)
     before = Quota(limit=10, ttl=15, clock=clock, wall=lambda: 1795080600.0)
     leases = held(before)
     restarted = Quota(limit=10, ttl=15, clock=clock)
@@ -163,7 +158,7 @@ def test_saved_leases_count_until_renewed_or_a_ttl_has_gone_by_and_a_renewal_re_
 
 
 def test_saved_leases_count_for_the_earlier_runs_ttl_when_it_was_longer():
-    clock = Clock()
+    clock = Clock(START)
     before = Quota(limit=1, ttl=60, clock=clock)
     held(before, 1)
     restarted = Quota(limit=1, ttl=15, clock=clock)
@@ -214,7 +209,7 @@ HOSTILE = {
 
 @pytest.mark.parametrize("saved", HOSTILE.values(), ids=HOSTILE.keys())
 def test_a_damaged_or_hostile_state_is_not_trusted_nothing_is_taken_back_and_no_flow_is_granted_for_a_ttl(saved):
-    clock = Clock()
+    clock = Clock(START)
     quota = Quota(limit=10, ttl=15, clock=clock)
     quota.restore(saved, "the state file")
     assert quota.handle({"op": "list"})["in_use"] == 0
@@ -225,7 +220,7 @@ def test_a_damaged_or_hostile_state_is_not_trusted_nothing_is_taken_back_and_no_
 
 
 def test_no_saved_state_at_all_is_a_start_that_knows_nothing():
-    quota = Quota(limit=10, ttl=15, clock=Clock())
+    quota = Quota(limit=10, ttl=15, clock=Clock(START))
     quota.restore(None, "the state file")
     assert quota.handle(flow(1))["error"] == "starting"
 
@@ -256,7 +251,7 @@ def mutations(seed: int, count: int):
 
 def test_whatever_the_state_file_holds_the_start_never_fails_and_never_admits_more_than_the_limit():
     for saved in mutations(seed=4, count=2000):
-        clock = Clock()
+        clock = Clock(START)
         quota = Quota(limit=10, ttl=15, clock=clock)
         quota.restore(saved, "the state file")
         listed = quota.handle({"op": "list"})  # shows every lease taken back (`since` as a date)
@@ -347,7 +342,7 @@ def daemon(tmp_path):
     """The real daemon on a Unix socket, in a thread of its own; its clock stands still, so no lease expires."""
     state = held_nothing(tmp_path / "leases.json")
     config = QuotadConfig(socket=tmp_path / "quotad.sock", limit=10, ttl=15, state_file=state)
-    with Served(config, Clock()):
+    with Served(config, Clock(START)):
         yield config
 
 
@@ -441,7 +436,7 @@ def linked(config: QuotadConfig) -> QuotadConfig:
 @pytest.mark.parametrize("restart", [unknowable, removed, torn, swollen, linked])
 def test_a_restart_that_cannot_trust_its_state_grants_nothing_until_the_old_flows_are_off_the_wire(tmp_path, restart):
     """Ten flows on the wire, the daemon restarted, ten new requests racing in: never more than ten."""
-    clock = Clock()
+    clock = Clock(START)
     state = held_nothing(tmp_path / "leases.json")
     config = QuotadConfig(socket=tmp_path / "quotad.sock", limit=10, ttl=15, state_file=state)
     wire = Wire(clock, ttl=15)
@@ -469,7 +464,7 @@ def test_a_restart_that_cannot_trust_its_state_grants_nothing_until_the_old_flow
 
 def test_a_restart_with_its_state_keeps_the_flows_on_the_wire_and_counts_them(tmp_path):
     """Ten flows on the wire, the daemon restarted, ten new requests racing in: the ten old flows go on."""
-    clock = Clock()
+    clock = Clock(START)
     state = held_nothing(tmp_path / "leases.json")
     config = QuotadConfig(socket=tmp_path / "quotad.sock", limit=10, ttl=15, state_file=state)
     wire = Wire(clock, ttl=15)
@@ -499,7 +494,7 @@ def test_a_grant_that_cannot_be_written_is_taken_back_and_refused(tmp_path):
     config = QuotadConfig(
         socket=tmp_path / "quotad.sock", limit=10, ttl=15, state_file=held_nothing(directory / "leases.json")
     )
-    with Served(config, Clock()):
+    with Served(config, Clock(START)):
         assert ask(config.socket, flow(1))["ok"]
         shutil.rmtree(directory)
         refused = ask(config.socket, flow(2))
@@ -608,3 +603,26 @@ def test_a_holder_killed_with_sigkill_frees_its_slots_within_the_lease_ttl(tmp_p
         if holder is not None and holder.poll() is None:
             holder.kill()
         stop(quotad_process)
+
+
+def test_a_client_stops_reading_an_answer_longer_than_64_kib_and_admits_nothing(tmp_path):
+    """Whatever listens on the socket, a blocking client's memory is bounded: a flood without a newline is refused."""
+    path = tmp_path / "flood.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def flood() -> None:
+        conn, _ = server.accept()
+        with conn, contextlib.suppress(OSError):
+            conn.recv(4096)
+            conn.sendall(b"x" * (1 << 20))
+
+    thread = threading.Thread(target=flood, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(QuotaError, match="longer than 64 KiB"):
+            QuotaClient(path, timeout=5).acquire("agent-lab-01", "ver-gare-01", "live")
+    finally:
+        server.close()
+        thread.join(5)

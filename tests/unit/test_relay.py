@@ -15,6 +15,7 @@ from halfbridge.interconnect import Interconnect
 from halfbridge.relay import Problem, Relay, RelayConfig, parse_time, stream_format
 from halfbridge.relay.problems import parameter, unrecorded
 from tests.support.auditd import Auditd
+from tests.support.fakes import Clock
 
 
 @pytest.mark.parametrize(
@@ -254,14 +255,6 @@ END = dt.datetime(2030, 10, 31, 23, 0, tzinfo=dt.UTC).timestamp()  # 00:00 in Pa
 def auditd(tmp_path):
     with Auditd(tmp_path) as writer:
         yield writer
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _agent_relay(tmp_path, auditd, clock: Clock, **changes) -> Relay:

@@ -527,22 +527,38 @@ def history(gw: Gateway) -> tuple[dict, list[str]]:
     return checked, attention
 
 
+CHAIN_ATTEMPTS = 3  # a break seen on each of three looks, 0.2 s apart, is reported
+
+
 def check_chain(log: Path, head: Path, key: bytes, budget: int) -> dict:
     """Check the last `budget` bytes of `log` entry by entry (keyed hash, seq, link), its first line, and the head.
 
     The writer seals its head (`audit.head`: seq and hash, keyed) every minute: an entry cut off the
     end, or the last entries rewritten, shows there. The whole history, rotations included, is
     `halfbridge-audit verify`'s job; this is the quick look that ops take often.
+
+    The writer goes on meanwhile: between the head and the log, it may rotate (the log is missing,
+    then empty, for an instant while the head still names the last entry of the old one). What a writer's
+    rotation shows lasts an instant; a break stays. So a look that finds a problem looks again, and
+    only a problem found on every look is reported.
     """
+    for _ in range(CHAIN_ATTEMPTS - 1):
+        try:
+            result = _check_chain_once(log, head, key, budget)
+            if not result["problems"]:
+                return result
+        except FileNotFoundError:  # between a rotation's rename and its next file
+            pass
+        time.sleep(0.2)
+    return _check_chain_once(log, head, key, budget)
+
+
+def _check_chain_once(log: Path, head: Path, key: bytes, budget: int) -> dict:
     # The head first: the writer seals it after the entries are on disk, so a head read before the
     # log never names an entry the log read after it lacks (the other way round, it could).
     problems: list[str] = []
     sealed = _read_head(head, problems)
-    for attempt in range(2):
-        first_line, data, start = _tail(log, budget)
-        if data.endswith(b"\n") or not data or attempt:
-            break
-        time.sleep(0.1)  # an append under way: read again
+    first_line, data, start = _tail(log, budget)
     if data and not data.endswith(b"\n"):
         problems.append("the log ends in the middle of a line (damaged, or cut while it was written)")
     lines = data.split(b"\n")[:-1]  # without what follows the last newline (checked above)

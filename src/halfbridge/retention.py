@@ -40,6 +40,22 @@ deletes younger recordings: shortening the retention is a person's decision,
 made in the inventory (`halfbridge_retention_shortening`, its days and reason,
 here `shortened_days` and `shortened_reason`) and logged on every run.
 
+Holds (`halfbridge.holds`, CSI L252-5: images kept for a judicial procedure, or
+asked for by the Préfecture de police): a segment, indexed or not, that overlaps a
+current hold of its camera is never destroyed, and a day a current hold overlaps
+never takes the whole-day path (a journal a killed run left is finished as it was
+decided). A run reads the holds register (`holds_file`) once, after the clock guard
+and before anything else; a register it cannot read stops the run before it destroys
+anything, since a hold might protect what it would destroy. A hold whose `until`
+passed is recorded in the history (`hold.expired`, and a notice to e-mail) and marked
+ended, once, by the first run after it, which destroys what it kept as any other
+recording, with its register entries; so does the first run after a release. A run
+reports the holds, the segments and bytes they keep (`held` in `last-run.json`,
+`halfbridge_holds` and `halfbridge_held_bytes`), reading only the days they span.
+The disk guard counts the held segments younger than the cutoff in what the store
+needs (they will not be freed when they expire), and a camera's age ignores its held
+segments older than the cutoff. Without holds, a run costs one read of the register.
+
 The clock guard: the cutoff is read off the clock, so a clock 11 days ahead would
 destroy recordings an hour old. Before destroying anything (a journal a killed run left
 included), a run asks chronyd (`halfbridge.clock.check`, not the state file, which could
@@ -71,7 +87,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +95,7 @@ from halfbridge import clock as clock_state
 from halfbridge import times
 from halfbridge.audit import DEFAULT_SOCKET, AuditClient, AuditError, query, with_rotations
 from halfbridge.config import ConfigError, load_dataclass
+from halfbridge.holds import KIND_LABELS, HoldError, Holds, is_current, span
 from halfbridge.media import write_private
 from halfbridge.metrics import TEXTFILE_DIR, gauge, write_textfile
 from halfbridge.store import (
@@ -138,6 +155,8 @@ class RetentionConfig:
     metrics_file: Path = Path(TEXTFILE_DIR) / "halfbridge_retention.prom"
     # The clock guard refuses a run more than this many hours after the last one it allowed.
     max_clock_jump_hours: float = 24.0
+    # The holds register (`requests_dir/holds.json`, halfbridge.holds): what it holds is not destroyed.
+    holds_file: Path | None = None
     # The file it was read from, which the refusals name: a class attribute, not a key of the file.
     origin = "/etc/halfbridge/retention.json"
 
@@ -145,7 +164,7 @@ class RetentionConfig:
     def load(cls, path: str | os.PathLike) -> RetentionConfig:
         """Read the JSON configuration; a missing key or a bad value is a sentence."""
         required = ("store_root", "retention_days", "audit_log", "state_dir")
-        paths = ("store_root", "audit_log", "state_dir", "audit_socket", "metrics_file")
+        paths = ("store_root", "audit_log", "state_dir", "audit_socket", "metrics_file", "holds_file")
         try:
             config = load_dataclass(cls, path, required, paths=paths)
         except ConfigError as exc:
@@ -265,6 +284,10 @@ class Report:
     refused: str | None = None
     # The clock as chronyd said it (halfbridge.clock.check), when asked.
     clock: dict | None = None
+    # The current holds, and the indexed segments and bytes they keep (None: not read, the run stopped before).
+    holds: int | None = None
+    held_segments: int = 0
+    held_bytes: int = 0
 
     @property
     def count(self) -> int:
@@ -328,12 +351,15 @@ class Retention:
                     self._finish_run(now, report, previous, recorded=recorded)
                 return report
             try:
+                holds = self._current_holds(now, dry_run)
                 # Two cameras at a time: one thread's unlinks (system calls, without the interpreter lock)
                 # overlap the other's listing and scanning. Each camera's days stay in order.
                 stop = threading.Event()
                 with concurrent.futures.ThreadPoolExecutor(PARALLEL_CAMERAS, "retention") as pool:
                     futures = [
-                        pool.submit(self._purge_camera, camera, report.cutoff, last_day, now, dry_run, stop)
+                        pool.submit(
+                            self._purge_camera, camera, report.cutoff, last_day, now, dry_run, stop, holds.get(camera)
+                        )
                         for camera in self.store.cameras()
                     ]
                     held: dict[str, tuple[float, list[dt.date]]] = {}
@@ -346,7 +372,8 @@ class Retention:
                     except BaseException:
                         stop.set()  # the other cameras stop at their next day; the error is the run's
                         raise
-                report.disk = self.disk_guard(now, held)
+                young = self._measure_holds(holds, report)
+                report.disk = self.disk_guard(now, held, young, report.held_bytes)
             except RetentionError as exc:
                 if not dry_run:  # the guard allowed it: the reference moves, the success does not
                     report.seconds = time.monotonic() - started
@@ -358,6 +385,85 @@ class Retention:
             if not dry_run:
                 self._finish_run(now, report, previous, allowed=True, accepted=accepted_by is not None)
         return report
+
+    # -- holds -------------------------------------------------------------
+
+    def _current_holds(self, now: float, dry_run: bool) -> dict[str, list[tuple[float, float]]]:
+        """The ranges of the current holds, by camera; the holds whose end passed are recorded and marked ended.
+
+        A register that cannot be read stops the run before it destroys anything.
+        """
+        if self.config.holds_file is None:
+            return {}
+        register = Holds(self.config.holds_file)
+        try:
+            holds = register.all()
+            if not dry_run and any(h["ended_at"] is None and not is_current(h, now) for h in holds):
+                register.expire(now, self._record_expiry)
+        except HoldError as exc:
+            raise RetentionError(
+                f"{exc}; nothing was destroyed: a hold might protect recordings this run would destroy. The next "
+                "run goes on once the register can be read"
+            ) from None
+        current: dict[str, list[tuple[float, float]]] = {}
+        for hold in holds:
+            if is_current(hold, now):
+                current.setdefault(hold["camera"], []).append(span(hold))
+        return {camera: sorted(ranges) for camera, ranges in current.items()}
+
+    def _record_expiry(self, hold: dict) -> None:
+        """A hold whose end passed, in the history (`hold.expired`) and in the notices to e-mail."""
+        try:
+            self.audit.append(
+                "hold.expired",
+                hold=hold["id"],
+                camera=hold["camera"],
+                first=hold["from"],
+                last=hold["to"],
+                kind=hold["kind"],
+                reference=hold["reference"],
+                request=hold["request"],
+                until=hold["until"],
+            )
+        except AuditError as exc:
+            raise RetentionError(
+                f"{exc}; the end of hold {hold['id']} cannot be recorded in the history, so nothing was destroyed: "
+                "the next run records it once the audit writer is back"
+            ) from None
+        log.warning(
+            "hold %s ended at %s (%s %s, camera %s, %s to %s): what it kept goes with the retention from now on",
+            hold["id"],
+            hold["until"],
+            KIND_LABELS[hold["kind"]],
+            hold["reference"],
+            hold["camera"],
+            hold["from"],
+            hold["to"],
+        )
+        from halfbridge.requests import Register, RequestError
+
+        try:
+            Register(self.config.holds_file.parent).notice(  # type: ignore[union-attr]
+                "hold.expired", self.clock(), request=hold["request"], hold=hold["id"]
+            )
+        except (OSError, RequestError) as exc:
+            log.error("the notice of the end of hold %s cannot be queued (%s): no e-mail tells of it", hold["id"], exc)
+
+    def _measure_holds(self, holds: dict[str, list[tuple[float, float]]], report: Report) -> int:
+        """The report's holds and the segments and bytes they keep (reading only the days they span);
+        returns the bytes of those younger than the cutoff, which the disk will not get back when they expire."""
+        report.holds = sum(map(len, holds.values()))
+        young = 0
+        for camera, ranges in holds.items():
+            for day in self.store.days(camera):
+                if held := _during(ranges, day):
+                    for segment in self.store.index(camera, day):
+                        if _overlaps(held, segment.start, segment.end):
+                            report.held_segments += 1
+                            report.held_bytes += segment.size
+                            if report.cutoff is None or segment.end > report.cutoff:
+                                young += segment.size
+        return young
 
     # -- the clock guard ---------------------------------------------------
 
@@ -501,6 +607,9 @@ class Retention:
             "last_success": last_success,
             "refusal_recorded": recorded,
             "clock": _clock_summary(report.clock),
+            "held": None
+            if report.holds is None
+            else {"holds": report.holds, "segments": report.held_segments, "bytes": report.held_bytes},
         }
         path = self.config.state_dir / LAST_RUN_NAME
         try:
@@ -510,20 +619,31 @@ class Retention:
         self.write_metrics(now, report, _parse_time(last_success))
 
     def _purge_camera(
-        self, camera: str, cutoff: float, last_day: dt.date, now: float, dry_run: bool, stop: threading.Event
+        self,
+        camera: str,
+        cutoff: float,
+        last_day: dt.date,
+        now: float,
+        dry_run: bool,
+        stop: threading.Event,
+        holds: list[tuple[float, float]] | None = None,
     ) -> tuple[str, list[Destruction], tuple[float, list[dt.date]] | None]:
-        """One camera's days up to `last_day`, in order; what was destroyed, and its age and days."""
+        """One camera's days up to `last_day`, in order; what was destroyed, and its age and days.
+
+        `holds` are the ranges its current holds keep; its age ignores the held segments older than the cutoff.
+        """
         destroyed: list[Destruction] = []
         oldest = None
         days_of_camera = self.store.days(camera)
         for day in days_of_camera:
             if stop.is_set():
                 break
+            held = _during(holds, day)
             if day > last_day and not (self.store.day_dir(camera, day) / JOURNAL_NAME).exists():
-                oldest = oldest or self._first_start(camera, day)
+                oldest = oldest or self._first_start(camera, day, cutoff, held)
                 break
-            destroyed += self.purge_day(camera, day, cutoff, dry_run)
-            oldest = oldest or self._first_start(camera, day)
+            destroyed += self.purge_day(camera, day, cutoff, dry_run, held)
+            oldest = oldest or self._first_start(camera, day, cutoff, held)
         return camera, destroyed, None if oldest is None else (now - oldest, days_of_camera)
 
     @contextlib.contextmanager
@@ -546,8 +666,13 @@ class Retention:
 
     # -- one camera-day ----------------------------------------------------
 
-    def purge_day(self, camera: str, day: dt.date, cutoff: float, dry_run: bool = False) -> list[Destruction]:
-        """Destroy what of one day ended at or before `cutoff`; the register entries made."""
+    def purge_day(
+        self, camera: str, day: dt.date, cutoff: float, dry_run: bool = False, held: Sequence[tuple[float, float]] = ()
+    ) -> list[Destruction]:
+        """Destroy what of one day ended at or before `cutoff`, but what overlaps `held`; the register entries made.
+
+        `held`: the ranges of the camera's current holds that may overlap the day's segments (`_during`).
+        """
         directory = self.store.day_dir(camera, day)
         done = []
         journal = directory / JOURNAL_NAME
@@ -560,6 +685,7 @@ class Retention:
         # A day that ended a whole day before the cutoff holds nothing younger (segments last minutes).
         if (
             not dry_run
+            and not held
             and _midnight(day + dt.timedelta(days=2)) <= cutoff
             and (finished := self._purge_whole_day(camera, day)) is not None
         ):
@@ -572,6 +698,8 @@ class Retention:
             indexed = self.store.index(camera, day)
             expired = [s for s in indexed if s.end <= cutoff]
             expired += self._expired_orphans(camera, day, {s.name for s in indexed}, cutoff)
+            if held:
+                expired = [s for s in expired if not _overlaps(held, s.start, s.end)]
             if not expired:
                 return done
             data = "".join(s.line() for s in expired).encode("ascii")
@@ -763,7 +891,13 @@ class Retention:
             except OSError:
                 return  # not empty (or already gone): the ones above are not empty either
 
-    def _first_start(self, camera: str, day: dt.date) -> float | None:
+    def _first_start(
+        self, camera: str, day: dt.date, cutoff: float, held: Sequence[tuple[float, float]] = ()
+    ) -> float | None:
+        """When the day's oldest recording the retention counts began: held segments past the cutoff are not."""
+        if held:
+            kept = self.store.index(camera, day)
+            return min((s.start for s in kept if s.end > cutoff or not _overlaps(held, s.start, s.end)), default=None)
         path = self.store.day_dir(camera, day) / INDEX_NAME
         with contextlib.suppress(FileNotFoundError), path.open(encoding="ascii", errors="replace") as handle:
             segment = Segment.parse(handle.readline())
@@ -792,8 +926,14 @@ class Retention:
         duration = sum(s.duration for s in recent)
         return sum(s.size for s in recent) / duration if duration > 0 else 0.0
 
-    def disk_guard(self, now: float, held: dict[str, tuple[float, list[dt.date]]]) -> DiskState:
-        """Free space against what the full retention still needs; an error line while it is short."""
+    def disk_guard(
+        self, now: float, ages: dict[str, tuple[float, list[dt.date]]], kept: int = 0, held: int = 0
+    ) -> DiskState:
+        """Free space against what the full retention still needs; an error line while it is short.
+
+        `ages`: each camera's age and days. `kept`: bytes of held segments younger than the cutoff, which
+        their expiry will not free; `held`: the bytes all holds keep (said in the error line).
+        """
         try:
             info = os.statvfs(self.config.store_root)
         except OSError as exc:
@@ -803,8 +943,8 @@ class Retention:
         free = info.f_bavail * info.f_frsize
         retention = self.config.days * DAY
         margin = self.config.disk_margin_hours * 3600
-        total_rate, needed = 0.0, 0.0
-        for camera, (age, days) in held.items():
+        total_rate, needed = 0.0, float(kept)
+        for camera, (age, days) in ages.items():
             rate = self.rate(camera, now, days)
             total_rate += rate
             needed += rate * (max(0.0, retention - age) + margin)
@@ -813,15 +953,18 @@ class Retention:
             hours = free / total_rate / 3600 if total_rate else float("inf")
             log.error(
                 "disk guard: %s free on %s, but keeping %d days needs %s at the observed %s/h "
-                "(with a %g h margin); the disk is full in about %.1f hours. Add space, or have a person "
-                "decide to shorten the retention (halfbridge_retention_shortening): nothing younger is deleted "
-                "meanwhile",
+                "(with a %g h margin, and %s that holds keep, %s of it not freed when the retention passes); "
+                "the disk is full in about %.1f hours. Add space, release the holds no longer needed, or have a "
+                "person decide to shorten the retention (halfbridge_retention_shortening): nothing younger is "
+                "deleted meanwhile",
                 _size(free),
                 self.config.store_root,
                 self.config.days,
                 _size(int(needed)),
                 _size(int(total_rate * 3600)),
                 self.config.disk_margin_hours,
+                _size(held),
+                _size(kept),
                 hours,
             )
         return state
@@ -843,6 +986,13 @@ class Retention:
                 int(report.refused is not None),
             ),
         ]
+        if report.holds is not None:
+            lines += [
+                *gauge("halfbridge_holds", "Current holds: recordings kept beyond the retention.", report.holds),
+                *gauge(
+                    "halfbridge_held_bytes", "Bytes of the indexed segments the current holds keep.", report.held_bytes
+                ),
+            ]
         if last_success is not None:
             lines += gauge(
                 "halfbridge_retention_last_success_timestamp_seconds",
@@ -940,6 +1090,19 @@ def _account() -> str:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return f"uid {os.getuid()}"
+
+
+def _during(ranges: Sequence[tuple[float, float]] | None, day: dt.date) -> list[tuple[float, float]]:
+    """Of hold ranges, those a segment of `day` can overlap: it opened that day and lasts at most a day."""
+    if not ranges:
+        return []
+    first, last = _midnight(day), _midnight(day + dt.timedelta(days=2))
+    return [(a, b) for a, b in ranges if a <= last and b >= first]
+
+
+def _overlaps(ranges: Sequence[tuple[float, float]], start: float, end: float) -> bool:
+    """Whether [start, end] meets one of the ranges [a, b]: a segment that only touches a hold is kept too."""
+    return any(a <= end and b >= start for a, b in ranges)
 
 
 def _midnight(day: dt.date) -> float:

@@ -19,6 +19,7 @@ from halfbridge import clock as clock_module
 from halfbridge import retention as retention_module
 from halfbridge.audit import AuditClient, query
 from halfbridge.cli import retention_main
+from halfbridge.holds import Holds
 from halfbridge.retention import (
     JOURNAL_NAME,
     PARALLEL_CAMERAS,
@@ -638,3 +639,151 @@ def test_the_command_refuses_on_a_jump_and_accept_clock_records_who_and_goes_on(
     assert accepted["by"] == "alice" and accepted["clock"]["source"] == "198.18.0.50"
     monkeypatch.delenv("SUDO_USER")
     assert retention_main([str(path)]) == 0
+
+
+# -- holds -------------------------------------------------------------------------------------------------------
+
+
+def holds_file(tmp_path) -> Path:
+    (tmp_path / "requests").mkdir(exist_ok=True)
+    return tmp_path / "requests" / "holds.json"
+
+
+def hold(tmp_path, camera: str, start: float, end: float, until: float | None = None, now: float = NOW) -> dict:
+    """A hold for an information judiciaire, placed by hand (halfbridge-request hold place)."""
+    return Holds(holds_file(tmp_path)).place(
+        camera, start, end, "information_judiciaire", "PV 2026/004512", "alice", "réquisition", now, until, None
+    )
+
+
+def at(text: str) -> float:
+    return dt.datetime.fromisoformat(text).timestamp()
+
+
+def test_held_segments_survive_while_their_neighbours_go_and_are_registered(tmp_path, twelve_days):
+    # 18 Nov (wholly expired: the whole-day path) and 19 Nov (cut at 09:30): two held stretches of ver-gare-01.
+    placed = hold(tmp_path, "ver-gare-01", at("2026-11-18T10:35:00Z"), at("2026-11-18T12:35:00Z"))
+    hold(tmp_path, "ver-gare-01", at("2026-11-19T03:35:00Z"), at("2026-11-19T03:35:01Z"))
+    report = retention(tmp_path, holds_file=holds_file(tmp_path)).run()
+    store = Store(tmp_path / "recordings")
+    kept = [s.name for s in store.index("ver-gare-01", dt.date(2026, 11, 18))]
+    assert kept == ["20261118T103000Z.ts", "20261118T113000Z.ts", "20261118T123000Z.ts"]
+    assert [s.name for s in store.index("ver-gare-01", dt.date(2026, 11, 19))][:1] == ["20261119T033000Z.ts"]
+    assert {
+        name for name in os.listdir(store.day_dir("ver-gare-01", dt.date(2026, 11, 18))) if name.endswith(".ts")
+    } == set(kept)
+    assert not store.day_dir("sqy-mairie-03", dt.date(2026, 11, 18)).exists(), "the other camera is not held"
+    assert report.count == 96 - 4
+    entries = register(tmp_path)
+    assert sum(e["count"] for e in entries) == 96 - 4
+    assert {(e["camera"], e["day"], e["count"]) for e in entries if e["camera"] == "ver-gare-01"} == {
+        ("ver-gare-01", "2026-11-17", 15),
+        ("ver-gare-01", "2026-11-18", 21),
+        ("ver-gare-01", "2026-11-19", 8),
+    }
+    assert (report.holds, report.held_segments, report.held_bytes) == (2, 4, 400)
+    assert last_run(tmp_path)["held"] == {"holds": 2, "segments": 4, "bytes": 400}
+    assert "halfbridge_holds 2\n" in metrics(tmp_path) and "halfbridge_held_bytes 400\n" in metrics(tmp_path)
+    # The next run, with the hold still current, destroys nothing more.
+    assert retention(tmp_path, now=NOW + 120, holds_file=holds_file(tmp_path)).run().count == 0
+    # Released: the next run destroys what it kept, and registers it.
+    Holds(holds_file(tmp_path)).release(placed["id"], "bob", "procédure classée", NOW + 180)
+    report = retention(tmp_path, now=NOW + 240, holds_file=holds_file(tmp_path)).run()
+    assert report.count == 3 and (report.holds, report.held_segments) == (1, 1)
+    assert not store.day_dir("ver-gare-01", dt.date(2026, 11, 18)).exists()
+    (entry,) = [e for e in register(tmp_path) if e["day"] == "2026-11-18" and e["count"] == 3]
+    assert (entry["camera"], entry["first"], entry["last"]) == (
+        "ver-gare-01",
+        "2026-11-18T10:30:00.000Z",
+        "2026-11-18T12:40:00.000Z",
+    )
+
+
+def test_a_held_orphan_survives_and_an_unheld_one_goes(tmp_path):
+    cutoff = NOW - 10 * DAY
+    store = Store(tmp_path / "recordings")
+    build_store(store.root, ["ver-gare-01"], cutoff - 2 * DAY, cutoff - 2 * DAY, 60, 60, b"ts")
+    day = store.day_dir("ver-gare-01", utc(cutoff - 2 * DAY).date())
+    for name in ("20261117T080000Z.ts", "20261117T090000Z.ts"):  # crash leftovers, unindexed, long untouched
+        (day / name).write_bytes(b"leftover")
+        os.utime(day / name, (cutoff - 3 * DAY, cutoff - 3 * DAY))
+    hold(tmp_path, "ver-gare-01", at("2026-11-17T08:00:00Z"), at("2026-11-17T08:30:00Z"))
+    retention(tmp_path, holds_file=holds_file(tmp_path)).run()
+    assert sorted(n for n in os.listdir(day) if n.endswith(".ts")) == ["20261117T080000Z.ts"]
+
+
+def test_a_hold_whose_end_passed_is_recorded_once_and_its_segments_go(tmp_path, twelve_days, caplog):
+    placed = hold(
+        tmp_path, "ver-gare-01", at("2026-11-18T10:35:00Z"), at("2026-11-18T12:35:00Z"), until=NOW + 12 * HOUR
+    )
+    assert retention(tmp_path, holds_file=holds_file(tmp_path)).run().count == 96 - 3
+    with caplog.at_level(logging.WARNING):
+        report = retention(tmp_path, now=NOW + 12 * HOUR + 60, holds_file=holds_file(tmp_path)).run()
+    assert (
+        f"hold {placed['id']} ended at 2026-11-29T21:30:00.000Z (information judiciaire PV 2026/004512" in caplog.text
+    )
+    (expired,) = history(tmp_path, "hold.expired")
+    assert (expired["hold"], expired["camera"], expired["until"], expired["reference"]) == (
+        placed["id"],
+        "ver-gare-01",
+        "2026-11-29T21:30:00.000Z",
+        "PV 2026/004512",
+    )
+    ended = Holds(holds_file(tmp_path)).get(placed["id"])
+    assert (ended["ended_at"], ended["ended_by"], ended["end_reason"]) == (
+        "2026-11-29T21:30:00.000Z",
+        "retention",
+        "its end passed",
+    )
+    assert not Store(tmp_path / "recordings").day_dir("ver-gare-01", dt.date(2026, 11, 18)).exists()
+    assert any(e["day"] == "2026-11-18" and e["count"] == 3 for e in register(tmp_path))
+    assert report.holds == 0
+    (notice,) = os.listdir(tmp_path / "requests" / "notices")
+    assert notice.endswith(f"-{placed['id']}-hold.expired.json")
+    retention(tmp_path, now=NOW + 12 * HOUR + 600, holds_file=holds_file(tmp_path)).run()
+    assert len(history(tmp_path, "hold.expired")) == 1, "recorded once"
+
+
+def test_an_end_the_history_cannot_record_destroys_nothing(tmp_path, twelve_days, auditd):
+    placed = hold(tmp_path, "ver-gare-01", at("2026-11-18T10:35:00Z"), at("2026-11-18T12:35:00Z"), NOW - 60, NOW - HOUR)
+    before = files(tmp_path / "recordings")
+    auditd.stop()
+    with pytest.raises(RetentionError, match=f"the end of hold {placed['id']} cannot be recorded in the history"):
+        retention(tmp_path, holds_file=holds_file(tmp_path)).run()
+    assert files(tmp_path / "recordings") == before
+    assert Holds(holds_file(tmp_path)).get(placed["id"])["ended_at"] is None, "recorded by the next run"
+
+
+@pytest.mark.parametrize("damage", [b"{not json", b'{"holds": [{"id": 1}]}', b" " * (5 << 20)])
+def test_a_damaged_holds_register_makes_the_run_destroy_nothing_and_say_why(tmp_path, twelve_days, damage, caplog):
+    holds_file(tmp_path).write_bytes(damage)
+    before = files(tmp_path / "recordings")
+    with pytest.raises(RetentionError) as stopped:
+        retention(tmp_path, holds_file=holds_file(tmp_path)).run()
+    assert f"the holds register {holds_file(tmp_path)} cannot be read: " in str(stopped.value)
+    assert "nothing was destroyed: a hold might protect recordings this run would destroy" in str(stopped.value)
+    assert files(tmp_path / "recordings") == before and register(tmp_path) == []
+    assert last_run(tmp_path)["refused"].startswith("the run stopped: the holds register")
+    assert last_run(tmp_path)["held"] is None
+
+
+def test_without_holds_the_register_may_be_missing(tmp_path, twelve_days):
+    report = retention(tmp_path, holds_file=tmp_path / "requests" / "holds.json").run()
+    assert report.count == 96 and (report.holds, report.held_bytes) == (0, 0)
+    assert last_run(tmp_path)["held"] == {"holds": 0, "segments": 0, "bytes": 0}
+
+
+def test_the_disk_guard_counts_what_holds_keep_and_ignores_their_age(tmp_path, caplog):
+    build_store(tmp_path / "recordings", ["ver-gare-01"], NOW - DAY, NOW - 600, HOUR, 600, b"x" * 100)
+    needed = retention(tmp_path).run().disk.needed  # one day held of ten, as in the test above
+    # A held segment 20 days old does not make the camera look ten days full; a held young one will not be freed.
+    build_store(tmp_path / "recordings", ["ver-gare-01"], NOW - 20 * DAY, NOW - 20 * DAY, HOUR, 600, b"x" * 100)
+    hold(tmp_path, "ver-gare-01", NOW - 20 * DAY, NOW - 20 * DAY + 600)
+    hold(tmp_path, "ver-gare-01", NOW - 5 * HOUR, NOW - 5 * HOUR + 60)
+    report = retention(tmp_path, holds_file=holds_file(tmp_path)).run()
+    assert (report.held_segments, report.held_bytes) == (2, 200)
+    assert report.count == 0, "the held 20-day-old segment stays"
+    assert report.disk.needed == needed + 100
+    with caplog.at_level(logging.ERROR):
+        retention(tmp_path, holds_file=holds_file(tmp_path), disk_margin_hours=1e9).run()
+    assert "and 200 B that holds keep, 100 B of it not freed when the retention passes" in caplog.text

@@ -3,7 +3,8 @@
 A flow holds a lease for as long as it runs. The daemon grants a lease only while
 fewer than `limit` are held; it serves one request at a time on one event loop,
 so admission is atomic whatever the number of concurrent requests. A lease
-carries who holds it (agent), which camera, the mode (live or playback) and
+carries who holds it (agent), which camera, the mode (live, playback, or
+download: a request's extraction package, which counts as a flow too) and
 since when; it lives `ttl` seconds unless its holder renews it, so a relay
 killed with SIGKILL frees its slots within `ttl`.
 
@@ -62,7 +63,8 @@ from halfbridge.store import iso_seconds, replacing_prefix, write_replacing
 
 log = logging.getLogger("halfbridge.quotad")
 
-MODES = ("live", "playback")
+MODES = ("live", "playback", "download")
+_MODES_SAID = "live, playback or download"
 _MAX_LINE = 4096
 _BACKLOG = 1024
 TTL_RANGE = (1, 300)
@@ -247,7 +249,7 @@ class Quota:
         if empty:
             return _bad(f"acquire needs {', '.join(empty)}")
         if fields["mode"] not in MODES:
-            return _bad(f"mode must be live or playback, not {fields['mode']!r}")
+            return _bad(f"mode must be {_MODES_SAID}, not {fields['mode']!r}")
         in_use = len(self.leases)
         if left := self.holding_back():
             retry = max(1, math.ceil(left))
@@ -334,7 +336,7 @@ def parse_state(data: bytes, limit: int) -> tuple[float, list[dict]]:
             if not isinstance(entry[key], str) or not 0 < len(entry[key]) <= _MAX_LINE:
                 raise ValueError(f"lease {lease_id} has no {key}, or one too long")
         if entry["mode"] not in MODES:
-            raise ValueError(f"lease {lease_id} has the mode {_show(entry['mode'])}, not live or playback")
+            raise ValueError(f"lease {lease_id} has the mode {_show(entry['mode'])}, not {_MODES_SAID}")
         if not _number(since) or not 0 <= since <= _LAST_SECOND:
             raise ValueError(f"lease {lease_id} has the start {_show(since)}, not a time")
         entries[lease_id] = {**entry, "since": float(since)}

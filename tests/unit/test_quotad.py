@@ -91,7 +91,7 @@ def test_the_list_says_who_which_camera_which_mode_and_since_when():
     ("request_", "message"),
     [
         ({"op": "acquire", "agent": "a", "camera": "c"}, "acquire needs mode"),
-        ({"op": "acquire", "agent": "a", "camera": "c", "mode": "export"}, "live or playback"),
+        ({"op": "acquire", "agent": "a", "camera": "c", "mode": "export"}, "live, playback or download"),
         ({"op": "renew"}, "renew needs the lease id"),
         ({"op": "grab"}, "unknown op"),
     ],
@@ -101,6 +101,23 @@ def test_a_bad_request_is_a_sentence_and_takes_no_slot(request_, message):
     answer = quota.handle(request_)
     assert answer["error"] == "bad_request" and message in answer["message"]
     assert quota.handle(flow(1))["ok"]
+
+
+def test_a_package_download_takes_a_slot_like_any_flow_and_a_restart_keeps_it():
+    clock = Clock(START)
+    quota = Quota(limit=10, ttl=15, clock=clock)
+    held(quota, 9)
+    download = quota.handle(flow(9, "download"))
+    assert download["ok"] and download["in_use"] == 10
+    assert quota.handle(flow(10, "download"))["error"] == "quota_full"
+    assert quota.handle(flow(10, "live"))["error"] == "quota_full"
+    restarted = Quota(limit=10, ttl=15, clock=clock)
+    restarted.restore(quota.snapshot())  # a saved download lease is one the daemon wrote: it is taken back
+    listed = restarted.handle({"op": "list"})
+    assert "starting" not in listed and listed["in_use"] == 10
+    assert [x["mode"] for x in listed["leases"]].count("download") == 1
+    assert restarted.handle({"op": "release", "lease": download["lease"]})["ok"]
+    assert restarted.handle(flow(11, "playback"))["ok"]
 
 
 # -- a start: the leases of the earlier run taken back, or none granted for a ttl -----------

@@ -420,8 +420,12 @@ def test_the_role_renders_the_inventorys_retention_and_end_and_the_relay_refuses
         "halfbridge_designated_agents": [{"id": "agent-lab-01"}],
         "halfbridge_pp_peers": [], "halfbridge_zones": {"management": []},
         "stream_relay_listen_host": "127.0.0.1", "stream_relay_management_host": "127.0.0.1",
+        "halfbridge_requests": {"max_seconds": 3600, "judicial_hold_days": None, "package_keep_days": 30},
     }  # fmt: skip
     rendered = json.loads(render("stream_relay", "etc/halfbridge/relay.json.j2", {**inventory, **task["vars"]}))
+    # A plain request's hold: the order's 20 days, under the law's 30 (docs/requests.md).
+    assert (rendered["plain_hold_days"], rendered["max_request_seconds"]) == ({"ver-gare-01": 20}, 3600)
+    assert rendered["judicial_hold_days"] is None
     said = {key: rendered[key] for key in ("partner", "convention_reference", "convention_ends_on", "retention_days",
                                            "convention_retention_days", "retention_shortened_reason")}  # fmt: skip
     assert said == {
@@ -430,7 +434,11 @@ def test_the_role_renders_the_inventorys_retention_and_end_and_the_relay_refuses
         "retention_shortened_reason": "décision du DPO du 2026-11-02 : disque défaillant",
     }  # fmt: skip
     path = tmp_path / "rendered.json"
-    path.write_text(json.dumps({**rendered, "audit_socket": str(auditd.socket), "store_root": str(tmp_path)}))
+    path.write_text(
+        json.dumps(
+            {**rendered, "audit_socket": str(auditd.socket), "store_root": str(tmp_path), "requests_dir": str(tmp_path)}
+        )
+    )
     end = dt.datetime(2026, 10, 31, 23, 0, tzinfo=dt.UTC).timestamp()
     clock = Clock(end - 3600)
     relay = Relay(RelayConfig.load(path), clock=clock)

@@ -16,6 +16,7 @@ One module per job:
 - `identity`: who the client certificate names, and whether they may come in;
 - `trust`: the PP's anchors and CRLs in force, and the TLS context they make;
 - `flows`: a flow's admission by the quota daemon, its renewal and its end;
+- `requests`: the PP's requests for images, and the download of their packages;
 - `sources`: a flow's bytes, from a recorder's live tap or from the recordings;
 - `recordings`: the segments, spans and gaps of a range, and the recorders' status;
 - `connections`: the deadlines and limits that hold each connection;

@@ -5,12 +5,19 @@
     GET /v1/cameras/{id}/recordings?from=&to=        recorded spans and gaps of a range
     GET /v1/cameras/{id}/playback?from=&to=[&pace=fast][&format=]   a range, one slot while open
     GET /v1/flows                                    the slots in use
+    POST /v1/requests                                images asked for a procedure (`requests`)
+    GET /v1/requests/{id}                            a request, and where it stands
+    GET /v1/requests/{id}/package                    its extraction package, one slot while it downloads
 
 Every request on the PP's side goes through `_guard`: the convention's end (article 11),
 the client's identity and its admission (`identity`), the interconnect's suspension
 (article 8), then the route; every answer, accepted or refused, goes to the audit log
 (`relay.request`), and nothing is served unrecorded. Health and metrics listen on the
 management side, on another address.
+
+A range starting before the retention (`retention_days`) is a 410, unless current holds
+of its camera cover it wholly (`halfbridge.holds`: a request's, or one the partner
+placed): a held range stays viewable, and can be asked for.
 
 From 00:00, Paris time, of the day the convention is no longer in force
 (`convention_ends_on`), the relay serves nothing, whatever the firewall and the trust
@@ -33,6 +40,7 @@ from halfbridge import __version__
 from halfbridge.audit import AuditClient, AuditError, clean_text
 from halfbridge.clock import load as load_clock
 from halfbridge.folding import folded_line
+from halfbridge.holds import HoldError
 from halfbridge.interconnect import Interconnect, Suspension
 from halfbridge.metrics import exposition
 from halfbridge.quotad import AsyncQuotaClient, QuotaError
@@ -44,6 +52,7 @@ from halfbridge.relay.identity import Gate
 from halfbridge.relay.metrics import Metrics
 from halfbridge.relay.problems import Problem, parameter, parse_time, stream_format, unrecorded
 from halfbridge.relay.recordings import Catalog
+from halfbridge.relay.requests import RECORDED, RequestRoutes
 from halfbridge.relay.trust import TrustKeeper, utc
 from halfbridge.store import CAMERA_ID_RE, Store, iso
 from halfbridge.tls import TLSSite
@@ -84,6 +93,7 @@ class Relay:
         self._suspension: tuple[tuple | None, Suspension | None] = (None, None)
         self._site: TLSSite | None = None
         self._background: set[asyncio.Task] = set()
+        self.requests = RequestRoutes(self)
 
     # -- the applications --------------------------------------------------
 
@@ -97,6 +107,9 @@ class Relay:
                 web.get("/v1/cameras/{id}/recordings", self.recordings, allow_head=False),
                 web.get("/v1/cameras/{id}/playback", self.playback, allow_head=False),
                 web.get("/v1/flows", self.list_flows, allow_head=False),
+                web.post("/v1/requests", self.requests.create),
+                web.get("/v1/requests/{id}", self.requests.show, allow_head=False),
+                web.get("/v1/requests/{id}/package", self.requests.package, allow_head=False),
             ]
         )
         return app
@@ -141,7 +154,8 @@ class Relay:
                     exc.status,
                     "not-found" if exc.status == 404 else "method-not-allowed",
                     f"{clean_text(request.method, 16)} {shown} is not part of this API: it has GET "
-                    "/v1/cameras, /v1/flows, and /v1/cameras/{id}/live, /recordings, /playback",
+                    "/v1/cameras, /v1/flows, /v1/cameras/{id}/live, /recordings, /playback, "
+                    "/v1/requests/{id} and /v1/requests/{id}/package, and POST /v1/requests",
                 )
             else:
                 problem = Problem(exc.status, "malformed-request", exc.reason)
@@ -149,7 +163,8 @@ class Relay:
 
     async def _refuse(self, request: web.Request, problem: Problem) -> web.Response:
         self.metrics.refused(problem.kind)
-        await self._record(request, problem.status, reason=problem.detail)
+        # What the request asked, as far as it was understood (a request's camera, range, kind, reference).
+        await self._record(request, problem.status, reason=problem.detail, **request.get(RECORDED, {}))
         return problem.response()
 
     def _refused_by_parser(self, request: web.BaseRequest, problem: Problem) -> None:
@@ -181,7 +196,7 @@ class Relay:
         if refusal is not None:
             raise refusal
 
-    async def _record(self, request: web.BaseRequest, status: int, **fields) -> None:
+    async def _record(self, request: web.BaseRequest, status: int, /, **fields) -> None:
         """The request's audit entry. Nothing is served unrecorded: a success that cannot be recorded is a 503."""
         try:
             await self._audit("relay.request", request, status=status, **fields)
@@ -191,7 +206,7 @@ class Relay:
             log.error("%s; the refusal (%d) is sent unrecorded", exc, status)  # nothing is served
         self.metrics.answered(status)
 
-    async def _audit(self, event: str, request: web.BaseRequest, **fields) -> None:
+    async def _audit(self, event: str, request: web.BaseRequest, /, **fields) -> None:
         who = request.get("who") or {}
         await asyncio.to_thread(
             self.audit.append,
@@ -207,7 +222,10 @@ class Relay:
         )
 
     def _camera(self, request: web.Request) -> dict:
-        camera_id = request.match_info["id"]
+        return self.camera(request.match_info["id"])
+
+    def camera(self, camera_id: str) -> dict:
+        """The camera of the referential with this id; a 400 for an id that cannot be one, a 404 for an unknown one."""
         if not CAMERA_ID_RE.match(camera_id):
             raise Problem(
                 400,
@@ -219,29 +237,50 @@ class Relay:
             raise Problem(404, "unknown-camera", f"there is no camera {camera_id} in the referential (see /v1/cameras)")
         return camera
 
-    def _range(self, request: web.Request) -> tuple[float, float]:
+    async def _range(self, request: web.Request, camera_id: str) -> tuple[float, float]:
         start = parse_time("from", parameter(request, "from"))
         end = parse_time("to", parameter(request, "to"))
+        return await self.check_range(camera_id, start, end, self.config.max_range_seconds)
+
+    async def check_range(self, camera_id: str, start: float, end: float, most: int) -> tuple[float, float]:
+        """A range of at most `most` seconds, not in the future, within the retention or preserved by a current
+        hold of the camera (a request's, or one the partner placed); else the refusal that says why."""
         now = self.clock()
         if start >= end:
             raise Problem(400, "malformed-request", f"`from` ({iso(start)}) must be before `to` ({iso(end)})")
-        if end - start > self.config.max_range_seconds:
+        if end - start > most:
             raise Problem(
-                400,
-                "range-too-long",
-                f"a range may last at most {self.config.max_range_seconds} s; this one lasts {end - start:.0f} s",
+                400, "range-too-long", f"a range may last at most {most} s; this one lasts {end - start:.0f} s"
             )
         if end > now + 1:
             raise Problem(400, "range-in-future", f"`to` ({iso(end)}) is in the future; it is now {iso(now)}")
         if self.config.retention_days is not None:
             oldest = now - self.config.retention_days * 86400
-            if start < oldest:
+            if start < oldest and not await self._held(camera_id, start, end, now):
+                held = "" if self.requests.register is None else " (and no hold preserves this whole range)"
                 raise Problem(
                     410,
                     "older-than-retention",
-                    f"recordings are kept {self.config.retention_said()}: nothing before {iso(oldest)} exists any more",
+                    f"recordings are kept {self.config.retention_said()}: nothing before {iso(oldest)} exists any "
+                    f"more{held}",
                 )
         return start, end
+
+    async def _held(self, camera_id: str, start: float, end: float, now: float) -> bool:
+        """Whether current holds of the camera cover [start, end] wholly (none without a request register)."""
+        register = self.requests.register
+        if register is None:
+            return False
+        try:
+            return await asyncio.to_thread(register.holds.covers, camera_id, start, end, now)
+        except (HoldError, OSError) as exc:
+            log.error("relay: the holds cannot be read (%s): a range older than the retention is refused", exc)
+            raise Problem(
+                503,
+                "requests-unavailable",
+                f"the holds cannot be read on {self.partner}'s gateway right now, so a range older than the "
+                "retention cannot be served; try again later",
+            ) from None
 
     # -- the referential and the recordings ----------------------------------
 
@@ -269,7 +308,7 @@ class Relay:
 
     async def recordings(self, request: web.Request) -> web.Response:
         camera = self._camera(request)
-        start, end = self._range(request)
+        start, end = await self._range(request, camera["id"])
         segments = await asyncio.to_thread(self.catalog.segments, camera["id"], start, end)
         found, gaps = self.catalog.gaps(segments, start, end)
         await self._record(request, 200, camera=camera["id"], range=[iso(start), iso(end)])
@@ -305,7 +344,7 @@ class Relay:
 
     async def playback(self, request: web.Request) -> web.StreamResponse:
         camera = self._camera(request)
-        start, end = self._range(request)
+        start, end = await self._range(request, camera["id"])
         pace = parameter(request, "pace") or "realtime"
         if pace not in ("realtime", "fast"):
             raise Problem(400, "malformed-request", "`pace` is realtime (the default) or fast (for an export)")

@@ -49,6 +49,18 @@ class RelayConfig:
     convention_retention_days: int | None = None
     retention_shortened_reason: str = ""
     max_range_seconds: int = 86400
+    # Images requested by the PP (article 6; halfbridge.requests): the request register and its holds
+    # (halfbridge-request), and the extraction packages the PP downloads. None: the relay takes no
+    # request (/v1/requests answers 503 requests-unavailable) and no hold lets an older range be read.
+    requests_dir: Path | None = None
+    packages_dir: Path = Path("/srv/halfbridge/extractions")
+    max_request_seconds: int = 7200  # the longest range one request may ask
+    # Per camera, the days a plain request's hold may last from its range's start: the smallest
+    # max_retention_days of the prefectoral orders covering the camera. Every camera has one when
+    # requests_dir is set.
+    plain_hold_days: dict[str, int] = field(default_factory=dict)
+    # Days a judicial request's hold may last from its range's start; None: until the partner releases it.
+    judicial_hold_days: int | None = None
     segment_seconds: int = 60
     renew_seconds: float = 5.0
     # Article 6: the agents the PP designated, by their certificate's common name. Nobody else gets in.
@@ -87,6 +99,7 @@ class RelayConfig:
         paths = ("tls_certificate", "tls_key", "tls_client_ca", "store_root", "quotad_socket")
         required = ("listen_host", "listen_port", *paths, "live_dir")
         paths += ("live_dir", "recorder_state_dir", "interconnect_state", "crl_dir", "audit_socket", "clock_state")
+        paths += ("requests_dir", "packages_dir")
         config = load_or_exit(cls, "halfbridge-relay", path, required, paths)
         if not isinstance(config.clock_state, Path):
             raise SystemExit(f"halfbridge-relay: {path}: clock_state is the path of halfbridge-clock's state file")
@@ -102,6 +115,7 @@ class RelayConfig:
         except (TypeError, ValueError) as exc:
             raise SystemExit(f"halfbridge-relay: {path}: handshake folding: {exc}") from None
         config.check_convention(path)
+        config.check_requests(path)
         if config.max_range_seconds < 1 or config.renew_seconds <= 0:
             raise SystemExit(f"halfbridge-relay: {path}: max_range_seconds and renew_seconds must be positive")
         timeouts = ("handshake_seconds", "header_seconds", "idle_seconds", "stall_seconds")
@@ -152,6 +166,32 @@ class RelayConfig:
                 )
         elif self.retention_shortened_reason:
             raise SystemExit(f"{where}: retention_shortened_reason needs convention_retention_days")
+
+    def check_requests(self, path: str | os.PathLike) -> None:
+        """The request register's settings, each refused with a sentence."""
+        where = f"halfbridge-relay: {path}"
+        if not isinstance(self.packages_dir, Path):
+            raise SystemExit(f"{where}: packages_dir is the directory of the extraction packages")
+        if not (_whole(self.max_request_seconds) and 1 <= self.max_request_seconds <= 86400):
+            raise SystemExit(f"{where}: max_request_seconds is a whole number of seconds from 1 to 86400")
+        most = MAX_RETENTION_DAYS
+        judicial = self.judicial_hold_days
+        if judicial is not None and not (_whole(judicial) and 1 <= judicial <= most):
+            raise SystemExit(f"{where}: judicial_hold_days is null (until released) or a whole number from 1 to {most}")
+        days = self.plain_hold_days
+        if not isinstance(days, dict) or not all(_whole(n) and 1 <= n <= most for n in days.values()):
+            raise SystemExit(
+                f"{where}: plain_hold_days maps each camera to the smallest max_retention_days of the prefectoral "
+                f"orders covering it, a whole number from 1 to {most}"
+            )
+        known = {str(camera.get("id")) for camera in self.cameras}
+        if unknown := sorted(set(days) - known):
+            raise SystemExit(f"{where}: plain_hold_days names cameras not in the referential: {', '.join(unknown)}")
+        if self.requests_dir is not None and (missing := sorted(known - set(days))):
+            raise SystemExit(
+                f"{where}: plain_hold_days lacks {', '.join(missing)}: with requests_dir, every camera needs the "
+                "days a plain request's hold may last (the smallest max_retention_days of its prefectoral orders)"
+            )
 
     def convention_end(self) -> float | None:
         """The instant the convention ends: 00:00, Paris time, of `convention_ends_on`; None without one."""

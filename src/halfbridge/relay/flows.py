@@ -1,5 +1,6 @@
 """A flow's life: admission by the quota daemon (article 4), renewal while the client reads,
-and its end, each recorded (`flow.start`, `flow.end`).
+and its end, each recorded (`flow.start`, `flow.end`). A flow is live, playback, or the
+download of a request's extraction package: each holds one slot of the quota.
 
 A flow holds a lease of the quota daemon from before its first byte to after its last;
 the lease is renewed every `renew_seconds`, and a flow whose lease cannot be renewed
@@ -61,8 +62,14 @@ class Flows:
         fields: dict,
         source: AsyncIterator[bytes],
         headers: dict | None = None,
+        content_type: str | None = None,
+        length: int | None = None,
     ) -> web.StreamResponse:
-        """Admit the flow, stream `source` to the client until either ends, release and record its end."""
+        """Admit the flow, stream `source` to the client until either ends, release and record its end.
+
+        The body is MPEG-TS, or fragmented MP4 when `fields` say `format` mp4, unless `content_type` says
+        what else it is; `length`, when known, is its Content-Length (a download: the client can tell a
+        body cut short)."""
         who = request["who"]
         lease = await self._admit(who["agent"], camera_id, mode, source)
         started, sent = time.monotonic(), 0
@@ -86,10 +93,12 @@ class Flows:
             self.metrics.flows[mode] += 1
             async for chunk in chunks:
                 if response is None:
-                    kind = TS_TYPE if remuxer is None else remuxer.content_type
+                    kind = content_type or (TS_TYPE if remuxer is None else remuxer.content_type)
                     response = web.StreamResponse(
                         headers={"Content-Type": kind, "Cache-Control": "no-store", **(headers or {})}
                     )
+                    if length is not None:
+                        response.content_length = length
                     await response.prepare(request)
                 if renewer.done():
                     ended = renewer.result()

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from halfbridge.metrics import family, gauge, label
+from halfbridge.quotad import MODES
 
 
 def _number(value: object) -> bool:
@@ -21,9 +22,10 @@ def _count(counter: dict, key) -> None:
 class Metrics:
     requests: dict[int, int] = field(default_factory=dict)
     refusals: dict[str, int] = field(default_factory=dict)
-    bytes: dict[str, int] = field(default_factory=lambda: {"live": 0, "playback": 0})
-    flows: dict[str, int] = field(default_factory=lambda: {"live": 0, "playback": 0})
-    durations: dict[str, list[float]] = field(default_factory=lambda: {"live": [0.0, 0], "playback": [0.0, 0]})
+    # By flow mode (halfbridge.quotad.MODES): live, playback, download.
+    bytes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MODES, 0))
+    flows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MODES, 0))
+    durations: dict[str, list[float]] = field(default_factory=lambda: {mode: [0.0, 0] for mode in MODES})
     handshakes_refused: dict[str, int] = field(default_factory=dict)
     # Connections the relay closed itself, by reason (halfbridge.relay.connections).
     connections_cut: dict[str, int] = field(default_factory=dict)

@@ -594,3 +594,410 @@ def _escalate(config_path: str, check: bool) -> int:
     if run.escalated:
         log.warning("incident %s escalated to level(s) %s", run.incident, ", ".join(map(str, run.escalated)))
     return 1 if run.problems else 0
+
+
+# -- halfbridge-request ---------------------------------------------------------------------------
+
+
+def request_main(argv: list[str] | None = None) -> int:
+    """halfbridge-request: the PP's image requests and the holds (docs/requests.md).
+
+    List and show the requests, approve one (its extraction package is built) or refuse it; place, extend
+    and release holds by hand; send the notices' e-mails (the timer's job). Every change is recorded in the
+    audit log with who and why, and e-mailed to the PP's contacts for requests and the partner's operators.
+    Times are ISO 8601 with a zone (2026-12-02T10:15:00Z), shown in UTC.
+    """
+    from halfbridge.holds import KINDS
+    from halfbridge.notices import DEFAULT_CONFIG
+
+    parser = argparse.ArgumentParser(prog="halfbridge-request", description=request_main.__doc__)
+    version_argument(parser)
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help=f"the configuration (default {DEFAULT_CONFIG})")
+    parser.add_argument("--verbose", action="store_true", help="debug messages too")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    listing = sub.add_parser("list", help="the requests, oldest first")
+    listing.add_argument("--state", choices=("pending", "approved", "refused"))
+    listing.add_argument("--json", action="store_true", help="the requests as the register holds them")
+    show = sub.add_parser("show", help="one request, its hold and its package")
+    show.add_argument("id", help="DEM-YYYYMMDD-XXXXXX")
+    show.add_argument("--json", action="store_true")
+    approve = sub.add_parser("approve", help="build the extraction package and approve the request")
+    approve.add_argument("id", help="DEM-YYYYMMDD-XXXXXX")
+    approve.add_argument("--by", required=True, help="who approves (your name)")
+    refuse = sub.add_parser("refuse", help="refuse the request: its hold ends")
+    refuse.add_argument("id", help="DEM-YYYYMMDD-XXXXXX")
+    refuse.add_argument("--by", required=True, help="who refuses (your name)")
+    refuse.add_argument("--reason", required=True, help="why, in a sentence (the PP reads it)")
+    hold = sub.add_parser("hold", help="place, extend or release a hold by hand")
+    action = hold.add_subparsers(dest="action", required=True, metavar="ACTION")
+    place = action.add_parser("place", help="keep a camera's range beyond the retention")
+    place.add_argument("--camera", required=True)
+    place.add_argument("--from", dest="start", required=True, type=_instant, help="the range's start")
+    place.add_argument("--to", dest="end", required=True, type=_instant, help="the range's end")
+    place.add_argument("--kind", required=True, choices=KINDS, help="the procedure's kind")
+    place.add_argument("--reference", required=True, help="the procedure's reference, e.g. 'PV 2026/004512'")
+    place.add_argument("--by", required=True, help="who places it (your name)")
+    place.add_argument("--reason", required=True, help="why, in a sentence")
+    place.add_argument("--until", type=_instant, help="when it ends (default: its bound, or until released)")
+    extend = action.add_parser("extend", help="give a hold a later end")
+    extend.add_argument("hold", help="H-YYYYMMDD-XXXXXX")
+    extend.add_argument("--until", required=True, type=_instant_or_never, help="the new end, or 'never'")
+    extend.add_argument("--by", required=True)
+    extend.add_argument("--reason", required=True)
+    release = action.add_parser("release", help="end a hold now")
+    release.add_argument("hold", help="H-YYYYMMDD-XXXXXX")
+    release.add_argument("--by", required=True)
+    release.add_argument("--reason", required=True)
+    holds = sub.add_parser("holds", help="the holds in force")
+    holds.add_argument("--all", action="store_true", help="the ended ones too (kept 30 days after their end)")
+    holds.add_argument("--json", action="store_true")
+    notify = sub.add_parser("notify", help="send the notices, remove the packages past their keep, write the metrics")
+    notify.add_argument("--check", action="store_true", help="read the configuration only; send nothing")
+    args = parser.parse_args(argv)
+    _logging(args.verbose)
+    return _request(args)
+
+
+def _instant(text: str) -> float:
+    from halfbridge.times import TimeError, parse_time
+
+    try:
+        return parse_time("time", text)
+    except TimeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _instant_or_never(text: str) -> float | None:
+    return None if text == "never" else _instant(text)
+
+
+def _request(args) -> int:
+    """Run one halfbridge-request command; a refusal is one sentence on stderr and exit status 1."""
+    import time
+
+    from halfbridge.audit import AuditClient, AuditError
+    from halfbridge.config import ConfigError
+    from halfbridge.holds import HoldError
+    from halfbridge.notices import RequestsConfig
+    from halfbridge.requests import Register, RequestError
+
+    try:
+        config = RequestsConfig.load(args.config)
+        if args.command == "notify" and args.check:
+            return _request_check(config)
+        register = Register(config.requests_dir)
+        audit = AuditClient(config.audit_socket)
+        now = time.time()
+        if args.command == "list":
+            return _request_list(register.list(args.state), args.json)
+        if args.command == "show":
+            return _request_show(register, args.id, args.json)
+        if args.command == "holds":
+            found = register.holds.all() if args.all else register.holds.current(now)
+            return _holds_list(found, args.json)
+        if args.command == "notify":
+            return _request_notify(config, register, audit)
+        if args.command == "approve":
+            return _request_approve(config, register, audit, args.id, args.by, now)
+        if args.command == "refuse":
+            return _request_refuse(register, audit, args.id, args.by, args.reason, now)
+        return _hold_change(config, register, audit, args, now)
+    except (ConfigError, HoldError, RequestError, AuditError, _Unrecorded) as exc:
+        print(f"halfbridge-request: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"halfbridge-request: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # the package cannot be built (ExtractionError), another notifier runs
+        print(f"halfbridge-request: {exc}", file=sys.stderr)
+        return 1
+
+
+class _Unrecorded(RuntimeError):
+    """A change made, whose audit entry could not be written: the sentence says what to do."""
+
+
+def _record(audit, done: str, event: str, **fields) -> None:
+    """The change's audit entry; a change made but not recorded is said loudly (`done`: what was made)."""
+    from halfbridge.audit import AuditError
+
+    try:
+        audit.append(event, **fields)
+    except (AuditError, ValueError) as exc:
+        raise _Unrecorded(
+            f"{done}, BUT IT IS NOT IN THE AUDIT LOG ({exc}): repair the audit writer and record {event} "
+            "by other means (who, what, when, why)"
+        ) from None
+
+
+def _when(text) -> str:
+    """A time of the register as ops read it: UTC to the second; '-' for none."""
+    from halfbridge.holds import seconds
+    from halfbridge.store import iso_seconds
+
+    moment = seconds(text)
+    return "-" if moment is None else iso_seconds(moment)
+
+
+def _shown(value, limit: int = 128) -> str:
+    from halfbridge.audit import clean_text
+
+    return clean_text(value, limit) if isinstance(value, str) and value else "-"
+
+
+def _columns(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
+    return "".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in rows)
+
+
+def _dump(value) -> None:
+    print(json.dumps(value, ensure_ascii=False, indent=1))
+
+
+def _request_list(requests: list[dict], as_json: bool) -> int:
+    if as_json:
+        _dump(requests)
+        return 0
+    rows = [["ID", "STATE", "CAMERA", "FROM", "TO", "KIND", "REFERENCE", "REQUESTED", "BY"]]
+    for r in requests:
+        who = (r.get("requested_by") or {}).get("agent")
+        rows.append([
+            r["id"], r["state"], _shown(r.get("camera"), 64), _when(r.get("from")), _when(r.get("to")),
+            _shown(r.get("kind"), 32), _shown(r.get("reference"), 64), _when(r.get("requested_at")), _shown(who),
+        ])  # fmt: skip
+    sys.stdout.write(_columns(rows) if requests else "no request\n")
+    return 0
+
+
+def _request_show(register, request_id: str, as_json: bool) -> int:
+    from halfbridge.holds import KIND_LABELS
+    from halfbridge.requests import RequestError
+
+    request = register.get(request_id)
+    if request is None:
+        raise RequestError(f"there is no request {request_id}")
+    hold = register.holds.get(request["hold"]) if request.get("hold") else None
+    if as_json:
+        _dump({**request, "hold_detail": hold})
+        return 0
+    who = request.get("requested_by") or {}
+    lines = [
+        ["request", request["id"]],
+        ["state", request["state"]],
+        ["camera", _shown(request.get("camera"), 64)],
+        ["range", f"{_when(request.get('from'))} to {_when(request.get('to'))}"],
+        ["kind", f"{request.get('kind')} ({KIND_LABELS.get(request.get('kind'), '?')})"],
+        ["reference", _shown(request.get("reference"), 64)],
+        ["note", _shown(request.get("note"), 500)],
+        [
+            "requested",
+            f"{_when(request.get('requested_at'))} by {_shown(who.get('agent'))} from {_shown(who.get('peer'))}",
+        ],
+        ["certificate", f"{_shown(who.get('subject'), 512)} (serial {_shown(who.get('serial'))})"],
+    ]
+    if request.get("decided_at"):
+        lines.append(["decided", f"{_when(request['decided_at'])} by {_shown(request.get('decided_by'))}"])
+    if request.get("reason"):
+        lines.append(["reason", _shown(request["reason"], 500)])
+    if hold:
+        lines.append(["hold", _hold_line(hold)])
+    package = request.get("package")
+    if package:
+        lines.append(["package", f"{package.get('name')}, {package.get('bytes')} bytes, {package.get('files')} files"])
+        lines.append(["manifest sha256", str(package.get("manifest_sha256"))])
+        for start, end in package.get("gaps") or []:
+            lines.append(["gap", f"{_when(start)} to {_when(end)}"])
+    sys.stdout.write(_columns(lines))
+    return 0
+
+
+def _hold_line(hold: dict) -> str:
+    if hold.get("ended_at"):
+        state = (
+            f"ended {_when(hold['ended_at'])} by {_shown(hold.get('ended_by'))}: {_shown(hold.get('end_reason'), 500)}"
+        )
+    else:
+        state = "until released" if hold.get("until") is None else f"until {_when(hold['until'])}"
+    return f"{hold['id']}, {state}"
+
+
+def _holds_list(holds: list[dict], as_json: bool) -> int:
+    if as_json:
+        _dump(holds)
+        return 0
+    rows = [["ID", "CAMERA", "FROM", "TO", "KIND", "REFERENCE", "UNTIL", "ENDED", "REQUEST", "PLACED BY"]]
+    for h in holds:
+        until = "until released" if h.get("until") is None else _when(h["until"])
+        rows.append([
+            h["id"], _shown(h.get("camera"), 64), _when(h.get("from")), _when(h.get("to")), _shown(h.get("kind"), 32),
+            _shown(h.get("reference"), 64), until, _when(h.get("ended_at")), _shown(h.get("request"), 32),
+            _shown(h.get("placed_by")),
+        ])  # fmt: skip
+    sys.stdout.write(_columns(rows) if holds else "no hold\n")
+    return 0
+
+
+def _request_approve(config, register, audit, request_id: str, by: str, now: float) -> int:
+    """Build the package, record it, approve the request with it, record the approval."""
+    import shutil
+
+    from halfbridge.holds import check_who
+    from halfbridge.requests import RequestError
+
+    check_who(by, "who approves (--by)")
+    request = register.get(request_id)
+    if request is None:
+        raise RequestError(f"there is no request {request_id}")
+    if request["state"] != "pending":
+        raise RequestError(
+            f"request {request_id} is already {request['state']} (by {_shown(request.get('decided_by'))} "
+            f"at {_when(request.get('decided_at'))})"
+        )
+    from halfbridge.extraction import SigningKey, build
+
+    camera = config.camera(request["camera"]) or {"id": request["camera"], "name": request["camera"], "site": ""}
+    context = {
+        "partner": {"name": config.partner_name, "short_name": config.partner_short_name},
+        "convention_reference": config.reference,
+        "gateway": config.gateway,
+        "approved_by": by,
+        "approved_at": now,
+    }
+    signing = SigningKey(certificate=config.signing_certificate, key=config.signing_key)
+    package = build(
+        config.store_root, request, camera, config.packages_dir, signing, context, config.segment_seconds,
+        owner=config.package_owner, group=config.package_group,
+    )  # fmt: skip
+    built = config.packages_dir / request_id
+    try:
+        audit.append(
+            "request.package_built",
+            request=request_id,
+            camera=request["camera"],
+            package=package.get("name"),
+            bytes=package.get("bytes"),
+            files=package.get("files"),
+            manifest_sha256=package.get("manifest_sha256"),
+            gaps=len(package.get("gaps") or []),
+            by=by,
+        )
+        register.approve(request_id, by, now, package)
+    except BaseException:
+        shutil.rmtree(built, ignore_errors=True)  # nothing approved: no package left behind
+        raise
+    _record(
+        audit,
+        f"request {request_id} is approved and its package {package.get('name')} built",
+        "request.approved",
+        request=request_id,
+        camera=request["camera"],
+        reference=request.get("reference"),
+        kind=request.get("kind"),
+        by=by,
+        package=package.get("name"),
+        manifest_sha256=package.get("manifest_sha256"),
+    )
+    print(f"{package.get('name')}  {package.get('bytes')} bytes  manifest sha256 {package.get('manifest_sha256')}")
+    return 0
+
+
+def _request_refuse(register, audit, request_id: str, by: str, reason: str, now: float) -> int:
+    from halfbridge.holds import is_current
+
+    before = register.get(request_id)
+    hold = register.holds.get(before["hold"]) if before and before.get("hold") else None
+    held = hold is not None and is_current(hold, now)  # a hold released by hand before: nothing more ends
+    request = register.refuse(request_id, by, reason, now)
+    done = f"request {request_id} is refused" + (f" and its hold {request['hold']} released" if held else "")
+    _record(
+        audit,
+        done,
+        "request.refused",
+        request=request_id,
+        camera=request.get("camera"),
+        reference=request.get("reference"),
+        by=by,
+        reason=reason,
+    )
+    if held:
+        _record(
+            audit,
+            done,
+            "hold.released",
+            hold=request["hold"],
+            request=request_id,
+            by=by,
+            reason=f"request refused: {reason}",
+        )
+    print(done)
+    return 0
+
+
+def _hold_change(config, register, audit, args, now: float) -> int:
+    """hold place, extend or release: the change, its notice, its audit entry."""
+    from halfbridge.holds import HoldError, seconds
+
+    holds = register.holds
+    if args.action == "place":
+        if config.camera(args.camera) is None:
+            known = ", ".join(camera["id"] for camera in config.cameras[:20])
+            raise HoldError(f"there is no camera {_shown(args.camera, 64)} in {config.path} (cameras: {known})")
+        bound = config.hold_bound(args.camera, args.kind, args.start)
+        hold = holds.place(
+            args.camera, args.start, args.end, args.kind, args.reference, args.by, args.reason, now, args.until, bound
+        )
+        event, done = "hold.placed", f"hold {hold['id']} is placed on {hold['camera']}"
+        fields = {"camera": hold["camera"], "from": hold["from"], "to": hold["to"], "kind": hold["kind"]}
+        fields |= {"reference": hold["reference"], "until": hold["until"]}
+    elif args.action == "extend":
+        current = holds.get(args.hold)
+        if current is None:
+            raise HoldError(f"there is no hold {args.hold}")
+        bound = config.hold_bound(current["camera"], current["kind"], seconds(current["from"]))
+        hold = holds.extend(args.hold, args.until, args.by, args.reason, now, bound)
+        event, done = "hold.extended", f"hold {hold['id']} is extended"
+        fields = {"camera": hold["camera"], "until": hold["until"], "previous_until": current["until"]}
+    else:
+        hold = holds.release(args.hold, args.by, args.reason, now)
+        event, done = "hold.released", f"hold {hold['id']} is released"
+        fields = {"camera": hold["camera"], "from": hold["from"], "to": hold["to"]}
+    register.notice(event, now, request=hold.get("request"), hold=hold["id"])
+    _record(audit, done, event, hold=hold["id"], request=hold.get("request"), by=args.by, reason=args.reason, **fields)
+    if args.action == "release":
+        print(done)
+    else:
+        until = "until released" if hold["until"] is None else f"until {_when(hold['until'])}"
+        print(f"{done}: {_when(hold['from'])} to {_when(hold['to'])}, {until}")
+    return 0
+
+
+def _request_check(config) -> int:
+    told = ", ".join(f"{c.name} <{c.email}>" for c in config.recipients)
+    print(
+        f"{config.path}: {len(config.cameras)} cameras, packages kept {config.package_keep_days} days, notices to "
+        f"{told}, through {config.smtp.host}:{config.smtp.port} ({config.smtp.secure})"
+    )
+    return 0
+
+
+def _request_notify(config, register, audit) -> int:
+    """The timer's run: the notices, the packages past their keep, the metrics. Each problem is an error line."""
+    import time
+
+    from halfbridge.notices import destroy_old_packages, exclusive, send_pending, write_metrics
+
+    log = logging.getLogger("halfbridge.notices")
+    with exclusive(config.requests_dir):
+        run = send_pending(config, register, audit)
+        destroyed, problems = destroy_old_packages(config, register, audit, time.time())
+        problems = run.problems + problems
+        try:
+            write_metrics(config, register, time.time())
+        except OSError as exc:
+            problems.append(f"the metrics cannot be written to {config.metrics_file} ({exc.strerror or exc})")
+    for problem in problems:
+        log.error("%s", problem)
+    if run.notified or destroyed:
+        log.info("%d notice(s) sent, %d package(s) destroyed", len(run.notified), len(destroyed))
+    return 1 if problems else 0

@@ -1,6 +1,6 @@
 """halfbridge-status: one view of a gateway for ops, as a table or as JSON (docs/status.md).
 
-Seven parts, each read from what the daemons and the playbooks leave on the
+Eight parts, each read from what the daemons and the playbooks leave on the
 gateway, through the deployed configurations (/etc/halfbridge/*.json):
 
 - flows: the quota daemon's leases (asked over its socket, as the relay asks);
@@ -13,7 +13,9 @@ gateway, through the deployed configurations (/etc/halfbridge/*.json):
 - retention: its last run (`last-run.json`) and the disk guard;
 - clock: the clock state `halfbridge-clock` writes;
 - history: the audit log's chain, checked over its last `--chain-bytes` with the
-  writer's key, against the head the writer sealed.
+  writer's key, against the head the writer sealed;
+- requests: the PP's image requests waiting for a decision, the holds in force and
+  what they keep from the retention, the notices not yet e-mailed (`halfbridge.notices`).
 
 Each part runs in a thread of its own and is bounded in time (`--timeout`) and
 in what it reads; a part that fails shows its sentence and the others still
@@ -66,7 +68,12 @@ MAX_PROBLEMS = 20  # chain problems listed; the count says how many there were
 LAST_DAYS = 32  # day directories looked through for a camera's last segment (the retention keeps fewer)
 TEXT = 256  # characters of a name or an identifier read from a file
 REASON = 512  # characters of a sentence read from a file
-CONFIGS = {"relay": "relay.json", "retention": "retention.json", "auditd": "auditd.json"}
+CONFIGS = {"relay": "relay.json", "retention": "retention.json", "auditd": "auditd.json", "requests": "requests.json"}
+# A request waits for the partner's decision a day at most (HalfbridgeRequestPending); the notices'
+# timer runs every minute, so a notice queued an hour is stuck (the SMTP relay refuses, or the timer stopped).
+REQUEST_WAIT_SECONDS = 86400
+NOTICE_STUCK_SECONDS = 3600
+MAX_PENDING = 64  # pending requests listed (the register keeps 50 open at most)
 
 
 class PartError(Exception):
@@ -107,6 +114,17 @@ PARTS: dict[str, dict] = {
         "leap": None,
         "checked_at": None,
         "reason": None,
+    },
+    "requests": {
+        "configured": None,
+        "pending": None,
+        "oldest_pending_seconds": None,
+        "pending_items": [],
+        "holds_current": None,
+        "held_segments": None,
+        "held_bytes": None,
+        "notices_queued": None,
+        "oldest_notice_seconds": None,
     },
     "history": {
         "chain": None,
@@ -492,6 +510,87 @@ def clock(gw: Gateway) -> tuple[dict, list[str]]:
     return shown, attention
 
 
+# -- the requests -----------------------------------------------------------------------------
+
+
+def requests(gw: Gateway) -> tuple[dict, list[str]]:
+    """The PP's image requests: those waiting for a decision and since when, the holds in force and what
+    they keep (the retention's last run), the notices not yet e-mailed."""
+    from halfbridge.config import ConfigError
+    from halfbridge.holds import HoldError, seconds
+    from halfbridge.notices import RequestsConfig
+    from halfbridge.requests import Register, RequestError
+
+    path = gw.config_dir / CONFIGS["requests"]
+    if not path.exists():  # a gateway that does not take requests (the image_requests role is not applied)
+        return {**PARTS["requests"], "configured": False}, []
+    try:
+        config = RequestsConfig.load(path)
+        register = Register(config.requests_dir)
+        pending = register.list("pending")
+        current = register.holds.current(gw.now)
+        notices = register.notices()
+    except (ConfigError, HoldError, RequestError) as exc:
+        raise PartError(str(exc)) from None
+    except OSError as exc:
+        raise PartError(f"cannot read the request register {exc.filename or ''} ({exc.strerror or exc})") from None
+    items, attention = [], []
+    for request in pending[:MAX_PENDING]:
+        asked = seconds(request.get("requested_at"))
+        age = None if asked is None else max(0, round(gw.now - asked))
+        item = {
+            "id": _text(request.get("id"), 32),
+            "camera": _text(request.get("camera"), 64),
+            "from": _when(request.get("from")),
+            "to": _when(request.get("to")),
+            "kind": _text(request.get("kind"), 32),
+            "reference": _text(request.get("reference"), 64),
+            "agent": _text((request.get("requested_by") or {}).get("agent"), 128),
+            "requested_at": _when(request.get("requested_at")),
+            "age_seconds": age,
+        }
+        items.append(item)
+        if age is not None and age > REQUEST_WAIT_SECONDS:
+            attention.append(
+                f"request {item['id']} of {item['agent']} ({item['camera']}, {item['reference']}) has waited "
+                f"{_duration(age)} for a decision: halfbridge-request approve or refuse {item['id']}"
+            )
+    ages = [item["age_seconds"] for item in items if item["age_seconds"] is not None]
+    queued = [seconds(notice.get("at")) for _, notice in notices]
+    oldest_notice = max((round(gw.now - at) for at in queued if at is not None), default=None)
+    if oldest_notice is not None and oldest_notice > NOTICE_STUCK_SECONDS:
+        attention.append(
+            f"{len(notices)} notice(s) of requests and holds wait to be e-mailed, the oldest for "
+            f"{_duration(oldest_notice)}: the SMTP relay refuses them or the timer does not run "
+            "(journalctl -u halfbridge-request-notices.service)"
+        )
+    held = _held(gw)
+    return {
+        "configured": True,
+        "pending": len(pending),
+        "oldest_pending_seconds": max(ages, default=None),
+        "pending_items": items,
+        "holds_current": len(current),
+        "held_segments": held.get("segments") if _whole(held.get("segments")) else None,
+        "held_bytes": held.get("bytes") if _whole(held.get("bytes")) else None,
+        "notices_queued": len(notices),
+        "oldest_notice_seconds": oldest_notice,
+    }, attention
+
+
+def _held(gw: Gateway) -> dict:
+    """What the holds kept from the retention's last run (`held` of last-run.json); {} when unknown (the
+    retention's own part says why)."""
+    from halfbridge.retention import Retention, RetentionConfig, RetentionError
+
+    try:
+        run, _ = Retention(RetentionConfig.load(gw.config_dir / CONFIGS["retention"])).last_run()
+    except (RetentionError, OSError):
+        return {}
+    held = (run or {}).get("held")
+    return held if isinstance(held, dict) else {}
+
+
 # -- the history ------------------------------------------------------------------------------
 
 
@@ -688,6 +787,7 @@ READERS: dict[str, Callable[[Gateway], tuple[dict, list[str]]]] = {
     "retention": retention,
     "clock": clock,
     "history": history,
+    "requests": requests,
 }
 
 
@@ -761,6 +861,7 @@ def table(report: dict) -> str:
         ("RETENTION", *_retention_lines(report["retention"])),
         ("CLOCK", *_clock_lines(report["clock"])),
         ("HISTORY", *_history_lines(report["history"])),
+        ("REQUESTS", *_requests_lines(report["requests"])),
     ):
         part = report[name.lower()]
         out.append(f"{name:<13} {('CANNOT BE READ: ' + part['error']) if part['error'] else summary}")
@@ -878,6 +979,31 @@ def _clock_lines(part: dict) -> tuple[str, list[list[str]]]:
     ]
     if part["reason"]:
         rows.append(["reason", part["reason"]])
+    return summary, rows
+
+
+def _requests_lines(part: dict) -> tuple[str, list[list[str]]]:
+    if part["configured"] is False:
+        return "not taken on this gateway (no requests.json)", []
+    oldest = part["oldest_pending_seconds"]
+    waiting = f" (oldest {_duration(oldest)})" if oldest is not None else ""
+    held = f", {_size(part['held_bytes'])} held" if part["held_bytes"] is not None else ""
+    summary = (
+        f"{_n(part['pending'])} pending{waiting}, {_n(part['holds_current'])} holds current{held}, "
+        f"{_n(part['notices_queued'])} notices queued"
+    )
+    rows = [
+        [
+            _s(x["id"]),
+            _s(x["camera"]),
+            f"{_s(x['from'])} to {_s(x['to'])}",
+            _s(x["kind"]),
+            _s(x["reference"]),
+            f"by {_s(x['agent'])}",
+            f"waiting {_duration(x['age_seconds'])}" if x["age_seconds"] is not None else "waiting ?",
+        ]
+        for x in part["pending_items"]
+    ]
     return summary, rows
 
 

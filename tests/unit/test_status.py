@@ -486,6 +486,7 @@ def test_the_json_has_every_key_the_documentation_shows(gw):
     gw.down("cam-b", time.time() - 60, "connection refused")
     Interconnect(gw.interconnect).suspend("INC-7", "camera network down", 8)
     gw.ca.crl(gw.crl_dir / "other.crl", hours=1)  # issued by the same CA: two CRLs listed
+    ask(take_requests(gw), 60)  # a request pending: its item's keys
     _, report = gw.report()
     documented = json.loads(re.search(r"```json\n(.*?)\n```", (ROOT / "docs/status.md").read_text(), re.S)[1])
 
@@ -600,3 +601,64 @@ def test_the_playbook_shows_one_table_and_fails_only_where_the_command_could_not
     assert re.search(r"gw-a +: ok=\d +changed=0 .*failed=0", done.stdout), done.stdout[-1000:]
     assert re.search(r"gw-b +: ok=\d +changed=0 .*failed=0", done.stdout), done.stdout[-1000:]
     assert re.search(r"gw-c +: ok=\d +changed=0 .*failed=1", done.stdout), done.stdout[-1000:]
+
+
+# -- the PP's image requests ---------------------------------------------------------------------
+
+
+def take_requests(gw: Gateway):
+    """The gateway takes the PP's requests: requests.json beside the others, and its register."""
+    from halfbridge.requests import Register
+    from tests.unit.test_notices import requests_config
+
+    shutil.copy(requests_config(gw.root, gw.root / "audit.sock"), gw.etc / "requests.json")
+    run = json.loads((gw.retention_dir / "last-run.json").read_text())
+    run["held"] = {"holds": 2, "segments": 30, "bytes": 45_000_000}
+    (gw.retention_dir / "last-run.json").write_text(json.dumps(run))
+    return Register(gw.root / "requests")
+
+
+def ask(register, age: float) -> dict:
+    from tests.unit.test_notices import AGENT
+
+    now = time.time() - age
+    start = now - now % 60 - 5400
+    return register.create("cam-a", start, start + 1800, "flagrant_delit", "PV 2026/004512", "", AGENT, now, None)
+
+
+def test_requests_show_the_pending_ones_with_their_age_and_the_holds(gw):
+    register = take_requests(gw)
+    request = ask(register, 7200)
+    register.holds.place("cam-b", time.time() - 86400, time.time() - 80000, "enquete_preliminaire", "2026/118/DOPC",
+                         "Paul Durand", "réquisition", time.time(), None, None)  # fmt: skip
+    for path, _ in register.notices():  # e-mailed already
+        register.done(path)
+    code, table = gw.status()
+    assert code == 0, table
+    lines = section(table, "REQUESTS")
+    assert "1 pending (oldest 2 h 00), 2 holds current, 45.0 MB held, 0 notices queued" in lines[0]
+    assert lines[1].split()[:2] == [request["id"], "cam-a"] and "by agent-lab-01" in lines[1]
+    assert lines[1].rstrip().endswith("waiting 2 h 00")
+    _, report = gw.report()
+    part = report["requests"]
+    assert (part["configured"], part["pending"], part["holds_current"], part["notices_queued"]) == (True, 1, 2, 0)
+    assert (part["held_segments"], part["held_bytes"]) == (30, 45_000_000)
+    assert part["pending_items"][0]["id"] == request["id"] and 7190 < part["pending_items"][0]["age_seconds"] < 7300
+
+
+def test_a_request_pending_over_a_day_and_notices_stuck_need_attention(gw):
+    register = take_requests(gw)
+    request = ask(register, 25 * 3600)
+    code, report = gw.report()
+    assert code == 1
+    said = [s for s in report["attention"] if s.startswith("requests: ")]
+    assert said[0].startswith(
+        f"requests: request {request['id']} of agent-lab-01 (cam-a, PV 2026/004512) has waited 25 h 00 for a decision"
+    )
+    assert "halfbridge-request approve or refuse" in said[0]
+    assert said[1].startswith("requests: 1 notice(s) of requests and holds wait to be e-mailed, the oldest for 25 h 00")
+
+
+def test_a_gateway_that_takes_no_requests_says_so_and_needs_nothing(gw):
+    code, table = gw.status()
+    assert code == 0 and "not taken on this gateway" in section(table, "REQUESTS")[0]

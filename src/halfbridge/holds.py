@@ -25,19 +25,17 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
-import fcntl
 import json
 import math
 import os
 import re
 import secrets
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from halfbridge import times
-from halfbridge.store import CAMERA_ID_RE, iso, iso_seconds, write_replacing
+from halfbridge.store import CAMERA_ID_RE, iso, iso_seconds, lock_within, write_replacing
 
 KINDS = ("flagrant_delit", "enquete_preliminaire", "information_judiciaire", "plain")
 KIND_LABELS = {
@@ -341,18 +339,11 @@ class Holds:
         except OSError as exc:
             raise HoldRegisterError(f"cannot open the holds register's lock {self.lock_path}: {exc.strerror}") from None
         try:
-            deadline = time.monotonic() + LOCK_SECONDS
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise HoldRegisterError(
-                            f"the holds register's lock {self.lock_path} stayed taken {LOCK_SECONDS:g} s: "
-                            "nothing was changed; try again"
-                        ) from None
-                    time.sleep(0.005)
+            if not lock_within(fd, LOCK_SECONDS, 0.005):
+                raise HoldRegisterError(
+                    f"the holds register's lock {self.lock_path} stayed taken {LOCK_SECONDS:g} s: "
+                    "nothing was changed; try again"
+                )
             self._depth.n = 1
             try:
                 yield

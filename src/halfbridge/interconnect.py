@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import logging
 import os
@@ -44,7 +43,6 @@ import re
 import smtplib
 import socket
 import ssl
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.headerregistry import Address
@@ -55,7 +53,7 @@ from zoneinfo import ZoneInfo
 
 from halfbridge.audit import AuditClient, AuditError
 from halfbridge.config import ConfigError, read_json
-from halfbridge.store import write_replacing
+from halfbridge.store import lock_within, write_replacing
 from halfbridge.times import FIRST_YEAR, LAST_YEAR, TimeError, parse_time, shown
 
 log = logging.getLogger("halfbridge.interconnect")
@@ -316,18 +314,11 @@ class Interconnect:
         lock = self.path.with_name(f"{self.path.name}.lock")
         fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o644)
         try:
-            deadline = time.monotonic() + LOCK_SECONDS
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise InterconnectError(
-                            f"another process has held {lock} for {LOCK_SECONDS:.0f} s: try again; if it "
-                            "stays, look for a stuck halfbridge-interconnect (ps -u halfbridge)"
-                        ) from None
-                    time.sleep(0.05)
+            if not lock_within(fd, LOCK_SECONDS, 0.05):
+                raise InterconnectError(
+                    f"another process has held {lock} for {LOCK_SECONDS:.0f} s: try again; if it "
+                    "stays, look for a stuck halfbridge-interconnect (ps -u halfbridge)"
+                )
             yield
         finally:
             os.close(fd)  # releases the lock

@@ -31,6 +31,7 @@ import errno
 import fcntl
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,19 @@ def write_replacing(path: Path, data: bytes, mode: int) -> None:
         raise
     os.close(fd)
     os.replace(tmp, path)
+
+
+def lock_within(fd: int, seconds: float, pause: float = 0.01) -> bool:
+    """Lock `fd` exclusively (flock), waiting at most `seconds`; False when another process held it that long."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(pause)
 
 
 def segment_time(name: str) -> float | None:

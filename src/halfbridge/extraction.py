@@ -150,6 +150,7 @@ def build(
     work = destination / f".{request_id}.tmp"
     with _workspace(work):
         ids = _ids(owner, group)
+        _chown(work, ids)  # the package's own directory too: the notices' timer removes it after its keep
         segment_dir = work / SEGMENTS
         _mkdir(segment_dir, ids)
         linked = [_link(path, segment_dir / segment.name, segment, camera_id, ids) for path, segment in found]

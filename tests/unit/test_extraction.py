@@ -505,3 +505,22 @@ def test_a_symlink_slipped_into_a_package_is_not_followed(built, tmp_path):
     (copy / "segments" / "passwd").symlink_to("/etc/passwd")
     with pytest.raises(ExtractionError, match="neither a file nor a directory"):
         tar_size(copy)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving files away needs root, as halfbridge-request approve runs")
+def test_built_as_root_every_file_and_directory_is_the_owner_s_the_timer_can_remove_it(tmp_path):
+    import pwd
+
+    segments_root = tmp_path / "store"
+    record(segments_root, tmp_path / "work")
+    signing, ca = make_signer(tmp_path / "pki")
+    (tmp_path / "packages").mkdir()
+    build(segments_root, request(), CAMERA, tmp_path / "packages", signing, context(ca), SEGMENT_SECONDS,
+          owner="nobody", group="nogroup")  # fmt: skip
+    package = tmp_path / "packages" / "DEM-20261202-0A1B2C"
+    nobody = pwd.getpwnam("nobody").pw_uid
+    # The segments are the store's own files (hard links): they keep the store's owner, the service
+    # account in production; removing them needs only the directories, which are the owner's.
+    made = [p for p in [package, *package.rglob("*")] if p.is_dir() or p.parent.name != "segments"]
+    others = [p for p in made if p.stat().st_uid != nobody]
+    assert len(made) > 6 and not others, others

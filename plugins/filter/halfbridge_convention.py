@@ -81,7 +81,7 @@ EMAIL = re.compile(
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+\Z"
 )
 PHONE = re.compile(r"\+?[0-9][0-9 .()-]{2,31}\Z")
-CONTACT_KEYS = ("name", "email", "phone", "escalation")
+CONTACT_KEYS = ("name", "email", "phone", "escalation", "requests")
 CONTACT_LISTS = {"pp": "the PP's contacts of annex 2", "partner": "the partner's contacts of annex 3"}
 MAX_CONTACTS = 20
 ORDER_KEYS = ("reference", "granted_on", "valid_until", "max_retention_days", "cameras")
@@ -176,6 +176,11 @@ def contact_problems(contacts: object) -> list[str]:
             )
             if problem:
                 problems.append(problem)
+            if "requests" in person and not isinstance(person["requests"], bool):
+                problems.append(
+                    f"{label}.requests{tag} is {shown(person['requests'])}: true when the contact is told of the "
+                    "PP's image requests (docs/requests.md), else leave it out"
+                )
         if not any(person.get("escalation") == 1 for person in people):
             problems.append(f"{name} has no contact at escalation level 1: someone must be told first (article 8)")
     return problems
@@ -420,6 +425,50 @@ def retention_problems(
     return _retention(convention, shortening, authorizations, today)[1]
 
 
+REQUEST_KEYS = ("max_seconds", "judicial_hold_days", "package_keep_days")
+
+
+def request_problems(requests: object) -> list[str]:
+    """What is wrong with `halfbridge_requests`, the bounds of the PP's image requests (docs/requests.md)."""
+    what = "halfbridge_requests"
+    if not isinstance(requests, Mapping):
+        return [f"{what} is {shown(requests)}: it must be a mapping of {', '.join(REQUEST_KEYS)}"]
+    problems = _unknown(requests, REQUEST_KEYS, what)
+    for key, smallest, largest, unit, why in (
+        ("max_seconds", 60, 86400, "seconds", "the longest range one request may ask for"),
+        ("package_keep_days", 1, 3650, "days", "how long a package is kept after its approval"),
+    ):
+        problem = whole_problem(requests.get(key), f"{what}.{key}", smallest, largest, unit, why)
+        if problem:
+            problems.append(problem)
+    if requests.get("judicial_hold_days") is not None:
+        problem = whole_problem(
+            requests["judicial_hold_days"], f"{what}.judicial_hold_days", 1, 3650, "days",
+            "from its start; null keeps a judicial hold until released",
+        )  # fmt: skip
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def plain_hold_days(authorizations: object, cameras: object, today: object = None) -> dict[str, int]:
+    """Per camera, the days after a range's start that a plain request's hold may last (docs/requests.md):
+    the smallest `max_retention_days` of the orders in force covering the camera, at most the law's 30 days.
+    A camera no current order covers is left out (the preflight refuses it anyway)."""
+    now = _calendar.day_of(today)
+    orders, problems = _orders(authorizations, None)
+    if problems:
+        raise AnsibleFilterError("; ".join(problems))
+    if not isinstance(cameras, list):
+        raise AnsibleFilterError("halfbridge_cameras must be a list of cameras (mappings)")
+    days = {}
+    for camera in cameras:
+        covering = [o["max_retention_days"] for o in orders if _current(o, now) and camera.get("id") in o["cameras"]]
+        if covering:
+            days[str(camera["id"])] = min(min(covering), LEGAL_MAX_RETENTION_DAYS)
+    return days
+
+
 class FilterModule:
     def filters(self) -> dict:
         return {
@@ -429,4 +478,6 @@ class FilterModule:
             "halfbridge_authorization_problems": authorization_problems,
             "halfbridge_effective_retention": effective_retention,
             "halfbridge_retention_problems": retention_problems,
+            "halfbridge_plain_hold_days": plain_hold_days,
+            "halfbridge_request_problems": request_problems,
         }

@@ -415,3 +415,40 @@ def test_the_ceiling_is_the_smallest_order_in_force_and_never_more_than_the_law(
         conv.retention_problems(CONVENTION, {"days": 12, "reason": "r"}, [{**ORDER, "max_retention_days": 12}], TODAY)
         == []
     )
+
+
+# The PP's image requests (docs/requests.md): the bounds the preflight checks, the plain hold per camera.
+
+
+@pytest.mark.parametrize(
+    ("requests", "said"),
+    [
+        (
+            {"max_seconds": 0, "package_keep_days": 30},
+            "halfbridge_requests.max_seconds is 0: it must be a whole number",
+        ),
+        ({"max_seconds": 7200, "package_keep_days": "30"}, "halfbridge_requests.package_keep_days is '30' (text)"),
+        ({"max_seconds": 7200, "package_keep_days": 30, "judicial_hold_days": 0}, "judicial_hold_days is 0"),
+        ({"max_seconds": 7200, "package_keep_days": 30, "keep": 1}, "halfbridge_requests has unknown keys 'keep'"),
+        (None, "halfbridge_requests is missing: it must be a mapping"),
+    ],
+)
+def test_request_bounds_out_of_range_are_refused_with_a_sentence(requests, said):
+    problems = conv.request_problems(requests)
+    assert any(said in problem for problem in problems), problems
+    assert conv.request_problems({"max_seconds": 7200, "package_keep_days": 30, "judicial_hold_days": None}) == []
+
+
+def test_a_plain_hold_lasts_the_smallest_order_covering_the_camera_at_most_thirty_days():
+    orders = [
+        {"reference": "A", "granted_on": "2024-01-01", "valid_until": "2029-01-01", "max_retention_days": 15,
+         "cameras": ["a", "b"]},
+        {"reference": "B", "granted_on": "2024-01-01", "valid_until": "2029-01-01", "max_retention_days": 12,
+         "cameras": ["b"]},
+        {"reference": "C", "granted_on": "2024-01-01", "valid_until": "2029-01-01", "max_retention_days": 60,
+         "cameras": ["c"]},
+        {"reference": "D", "granted_on": "2020-01-01", "valid_until": "2021-01-01", "max_retention_days": 5,
+         "cameras": ["a"]},
+    ]  # fmt: skip
+    cameras = [{"id": "a"}, {"id": "b"}, {"id": "c"}, {"id": "d"}]
+    assert conv.plain_hold_days(orders, cameras, "2026-12-02") == {"a": 15, "b": 12, "c": 30}

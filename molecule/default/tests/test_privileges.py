@@ -32,6 +32,8 @@ UNITS = [
     "halfbridge-quotad.service",
     "halfbridge-relay.service",
     "halfbridge-incident-escalation.service",
+    "halfbridge-clock.service",
+    "halfbridge-request-notices.service",
 ]
 RECORDER_TEMPLATE = "halfbridge-recorder@.service"
 OVERALL = re.compile(r"Overall exposure level for (\S+): (\d+(?:\.\d+)?)")

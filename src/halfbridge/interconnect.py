@@ -720,6 +720,20 @@ class MailError(RuntimeError):
     """An e-mail that did not leave; the message says why."""
 
 
+def envelope(smtp: Smtp, contacts: list[Contact], to: Contact, subject: str, now: dt.datetime) -> EmailMessage:
+    """A notice's headers: from the relay's sender, to one contact, replies to the partner's first-level
+    contact (annex 3), dated, with its own Message-ID. The caller adds its X- headers and the body."""
+    first = min((c for c in contacts if c.side == "partner"), key=lambda c: c.level)
+    message = EmailMessage()
+    message["From"] = smtp.sender
+    message["To"] = Address(display_name=to.name, addr_spec=to.email)
+    message["Reply-To"] = Address(display_name=first.name, addr_spec=first.email)
+    message["Subject"] = subject
+    message["Date"] = format_datetime(now)
+    message["Message-ID"] = make_msgid(domain=smtp.sender_address.rpartition("@")[2])
+    return message
+
+
 class _Pinned(smtplib.SMTP):
     """SMTP to `host` (its name for TLS) at the configured `addresses`: no name resolution, which the
     unit's IPAddressAllow= would not let out, and the same addresses the firewall opens."""
@@ -978,15 +992,7 @@ class Escalation:
 
     def message(self, current: Suspension, level: int, contact: Contact, now: dt.datetime) -> EmailMessage:
         subject, body = self.texts(current, level, now)
-        smtp = self.config.smtp
-        first = min((c for c in self.config.contacts if c.side == "partner"), key=lambda c: c.level)
-        message = EmailMessage()
-        message["From"] = smtp.sender
-        message["To"] = Address(display_name=contact.name, addr_spec=contact.email)
-        message["Reply-To"] = Address(display_name=first.name, addr_spec=first.email)
-        message["Subject"] = subject
-        message["Date"] = format_datetime(now)
-        message["Message-ID"] = make_msgid(domain=smtp.sender_address.rpartition("@")[2])
+        message = envelope(self.config.smtp, self.config.contacts, contact, subject, now)
         message["X-Halfbridge-Incident"] = current.incident
         message["X-Halfbridge-Escalation"] = str(level)
         message.set_content(body, cte="quoted-printable")  # any relay takes it, 8BITMIME or not

@@ -27,14 +27,12 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
 from halfbridge.audit import DEFAULT_SOCKET, AuditClient, AuditError, clean_text
 from halfbridge.config import ConfigError, read_json
-from halfbridge.interconnect import PARIS, Contact, Mailer, MailError, Smtp
+from halfbridge.interconnect import PARIS, Contact, Mailer, MailError, Smtp, envelope
 from halfbridge.metrics import TEXTFILE_DIR, family, gauge, label, write_textfile
 from halfbridge.store import CAMERA_ID_RE, iso_seconds, write_replacing
 
@@ -413,16 +411,7 @@ def message(
     config: RequestsConfig, notice: dict, request: dict | None, hold: dict | None, to: Contact, now: dt.datetime
 ) -> EmailMessage:
     subject, body = texts(config, notice, request, hold)
-    smtp = config.smtp
-    operators = [c for c in config.contacts if c.side == "partner"]
-    reply = min(operators, key=lambda c: c.level)
-    mail = EmailMessage()
-    mail["From"] = smtp.sender
-    mail["To"] = Address(display_name=to.name, addr_spec=to.email)
-    mail["Reply-To"] = Address(display_name=reply.name, addr_spec=reply.email)
-    mail["Subject"] = subject
-    mail["Date"] = format_datetime(now)
-    mail["Message-ID"] = make_msgid(domain=smtp.sender_address.rpartition("@")[2])
+    mail = envelope(config.smtp, config.contacts, to, subject, now)
     mail["X-Halfbridge-Event"] = notice["event"]
     if request:
         mail["X-Halfbridge-Request"] = request["id"]

@@ -5,11 +5,11 @@ of contacts (the gateway's escalation timer).
 
 In `molecule test` the incident happens in the scenario's side effect (side_effect.yml), right
 after converge, while `pp` watches a live flow; it occurred 7 hours before the cut, so the e-mail
-says one hour is left. Molecule's idempotence step is then the later site.yml run, on the suspended
-lab, and fails if it changes anything. These tests run first in verify (conftest.py), find the lab
-still cut, and restore it. Against a lab without that side effect (`make lab`), the module's fixture
-plays the side effect and reruns site.yml itself. One more cycle, an incident 9 hours old, proves the
-late notice and the escalation to level 2, then restores.
+says one hour is left. The scenario's idempotence run (test_secrets.py, first in verify) is then the
+later site.yml run, on the suspended lab, and fails if it changes anything. These tests run next
+(conftest.py), find the lab still cut, and restore it. Against a lab without that side effect
+(`make lab`), the module's fixture plays the side effect and reruns site.yml itself. One more cycle,
+an incident 9 hours old, proves the late notice and the escalation to level 2, then restores.
 
 The e-mails are read back from the SMTP sink on `pp` (the PP contacts' mail server in the lab).
 """
@@ -126,7 +126,7 @@ def test_each_pp_contact_got_one_suspension_email_in_french(lab_host, incident):
 
 def test_the_later_site_run_kept_the_interconnect_cut(lab_host, incident, relay):
     gw, pp = lab_host("gw"), lab_host("pp")
-    # site.yml ran after the suspension (molecule's idempotence step, or the fixture): the ruleset
+    # site.yml ran after the suspension (test_secrets.py's idempotence run, or the fixture): the ruleset
     # it rendered still cuts the PP, the PP still meets silence, and no second notice went out.
     assert f"Suspended for incident {INCIDENT}" in gw.check_output("cat /etc/halfbridge/firewall.nft")
     assert status(pp, f"{relay}/v1/cameras") == "curl exit 28"

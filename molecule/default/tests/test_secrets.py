@@ -6,8 +6,9 @@ one run with `no_log` (and `diff: false` where they write a file), since a loop'
 an item out of -v output nor out of a failure (docs/inventory.md, "Secrets and the output"). Against
 the converged lab, with stdout and stderr read together:
 
-- site.yml itself in check mode, at -vvv --diff: the scenario's check step too (molecule.yml leaves its
-  own out: this run is it, and its output is read besides);
+- site.yml itself, again, at -vvv --diff: the scenario's idempotence step too (molecule.yml leaves its
+  own out: this run is it). It runs first in verify (conftest.py), on the lab the side effect left
+  suspended, must succeed and change nothing on any host, and its output is read besides;
 - secrets-failing.yml at -vvv --diff, in check mode: every camera's configuration made to differ, then
   the recorder's loop over the cameras failing on the last one, an item that holds its password.
 
@@ -222,13 +223,13 @@ def said(done: subprocess.CompletedProcess, needles: list[Needle]) -> str:
 
 def lab_run(playbook: str, *args: str) -> subprocess.CompletedProcess:
     """ansible-playbook PLAYBOOK (relative to the project) against the lab at -vvv --diff, its output captured."""
-    return ansible_playbook("-i", "inventories/lab", "-vvv", "--diff", *args, playbook, timeout=1200)
+    return ansible_playbook("-i", "inventories/lab", "-vvv", "--diff", *args, playbook, timeout=1800)
 
 
 @pytest.fixture(scope="module")
 def converged() -> subprocess.CompletedProcess:
-    """site.yml --check on the converged lab: every role, every secret it is given, nothing changed."""
-    return lab_run("site.yml", "--check")
+    """site.yml again on the converged lab: every role, every secret it is given; it must change nothing."""
+    return lab_run("site.yml")
 
 
 @pytest.fixture(scope="module")
@@ -279,11 +280,27 @@ def test_the_check_finds_a_secret_in_every_form_a_run_could_print_it(cameras, ne
     assert not shown, "a report shows the secret it found"
 
 
-def test_site_in_check_mode_at_vvv_with_diff_succeeds_and_prints_no_secret(converged, needles):
+def changed_tasks(output: str) -> list[str]:
+    """`TASK [...] on host` for every task a run reports changed (handlers included)."""
+    changed, task = [], "?"
+    for line in output.splitlines():
+        if header := re.match(r"(?:TASK|RUNNING HANDLER) \[(.+?)\]", line):
+            task = header.group(1)
+        elif found := re.match(r"changed: \[([^\]]+)\]", line):
+            changed.append(f"{task} on {found.group(1)}")
+    return changed
+
+
+def test_site_run_again_at_vvv_with_diff_changes_nothing_and_prints_no_secret(converged, needles):
     found = leaks(converged.stdout + converged.stderr, needles)
-    assert not found, "secrets printed by site.yml --check -vvv --diff:\n" + "\n".join(found)
+    assert not found, "secrets printed by site.yml -vvv --diff:\n" + "\n".join(found)
     succeeded = converged.returncode == 0 and not re.search(r"(failed|unreachable)=[1-9]", converged.stdout)
     assert succeeded, said(converged, needles)
+    recap = re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", converged.stdout, re.MULTILINE)
+    assert recap, said(converged, needles)
+    changed = [host for host, count in recap if count != "0"]
+    # Idempotence: the second run of site.yml on the lab changes nothing, on any host.
+    assert not changed, "site.yml changed, run again:\n" + "\n".join(changed_tasks(converged.stdout))
     missed = [role for role in HOLDERS if f"TASK [{role} : " not in converged.stdout]
     assert not missed, f"the run did not reach the roles {', '.join(missed)}"
 

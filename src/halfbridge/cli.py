@@ -269,7 +269,9 @@ def quotad_main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="halfbridge-quotad", description=quotad_main.__doc__)
     version_argument(parser)
-    parser.add_argument("config", help="the JSON configuration (socket, limit, ttl, state_file)")
+    parser.add_argument(
+        "config", help="the JSON configuration (socket, limit, ttl, state_file; backend and etcd for a cluster)"
+    )
     args = parser.parse_args(argv)
     _logging(False)
     daemon = QuotaDaemon(QuotadConfig.load(args.config))

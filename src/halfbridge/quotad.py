@@ -39,6 +39,14 @@ Protocol: one JSON object per line on a Unix socket, one answer per request.
                                             (and "starting": seconds, while new leases are held back)
 
 Anything else gets {"ok": false, "error": "bad_request", "message": "..."}.
+
+Two backends answer the same protocol. `memory` (the default) is all of the above: one gateway's quota,
+nothing to install. `etcd` is the cluster's quota (`ClusterQuota`): every gateway's daemon admits flows
+into the same `limit` slots of an etcd cluster, each flow a key bound to an etcd lease that a
+transaction creates only if the slot is free; the lease id given out is the etcd lease's, so any of
+them renews or releases it. When the cluster cannot be reached (or has no quorum) within its
+`timeout`, an acquire or a renewal is answered `cluster_unavailable` with a sentence: no flow is admitted,
+and the flow whose renewal is refused ends (fail closed). See docs/quotad.md, "The cluster's quota".
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import secrets
 import socket
@@ -57,8 +66,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from halfbridge.config import load_or_exit
+from halfbridge.etcd import Etcd, EtcdError, EtcdSettings, absent, get, put, tls_context, within
 from halfbridge.store import iso_seconds, replacing_prefix, write_replacing
 
 log = logging.getLogger("halfbridge.quotad")
@@ -72,10 +83,92 @@ STATE_VERSION = 1
 _LEASE_ID = re.compile(r"[0-9a-f]{16}")
 _LEASE_KEYS = frozenset(("lease", "agent", "camera", "mode", "since"))
 _LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z, the last `since` a lease's list can show
+BACKENDS = ("memory", "etcd")
+_CLUSTER_REQUIRED = ("endpoints", "ca_file", "cert_file", "key_file", "gateway")
+_GATEWAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_PREFIX = re.compile(r"/[\x21-\x7e]{0,200}")
+# At most 4 s: the relay waits QUOTA_WAIT (5 s) for an answer, and must get the daemon's own refusal.
+TIMEOUT_RANGE = (0.1, 4)
+_GRACE = 0.25  # seconds beyond the etcd timeout before a request is cut short whatever it is doing
 
 
 class QuotaError(RuntimeError):
     """The quota daemon cannot be asked (down, not answering): flows are refused, never let through."""
+
+
+@dataclass
+class ClusterConfig:
+    """quotad.json's "etcd" (with the `etcd` backend): where the cluster's quota is, and this gateway's name in it."""
+
+    endpoints: list[str]
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    gateway: str
+    prefix: str = "/halfbridge/quota"
+    timeout: float = 2.0
+
+    def settings(self) -> EtcdSettings:
+        return EtcdSettings(list(self.endpoints), self.ca_file, self.cert_file, self.key_file, self.timeout)
+
+    @classmethod
+    def parse(cls, raw: object, ttl: float) -> ClusterConfig:
+        """The section checked; ValueError says what is wrong in a sentence."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"must be an object of {', '.join(_CLUSTER_REQUIRED)} (and prefix, timeout)")
+        missing = [key for key in _CLUSTER_REQUIRED if raw.get(key) in (None, "", [])]
+        if missing:
+            raise ValueError(f"lacks {', '.join(missing)}")
+        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"has unknown keys {', '.join(unknown)}")
+        endpoints = raw["endpoints"]
+        if not isinstance(endpoints, list) or not 1 <= len(endpoints) <= 9:
+            raise ValueError("endpoints must be a list of the etcd members' client URLs (1 to 9)")
+        for endpoint in endpoints:
+            if not _https_url(endpoint):
+                raise ValueError(
+                    f"the endpoint {_show(endpoint)} is not https://HOST:PORT: the members are reached over TLS only"
+                )
+        files = {}
+        for key in ("ca_file", "cert_file", "key_file"):
+            value = raw[key]
+            if not isinstance(value, str) or not Path(value).is_file() or not os.access(value, os.R_OK):
+                raise ValueError(f"{key} {_show(value)} is not a file this daemon can read")
+            files[key] = Path(value)
+        gateway = raw["gateway"]
+        if not isinstance(gateway, str) or not _GATEWAY_NAME.fullmatch(gateway):
+            raise ValueError(
+                f"gateway {_show(gateway)} must be this gateway's name: letters, digits, '.', '_' or '-', "
+                "at most 63 (list shows it beside each flow)"
+            )
+        prefix = raw.get("prefix", cls.prefix)
+        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix) or prefix.endswith("/"):
+            raise ValueError(f"prefix {_show(prefix)} must be a key such as /halfbridge/quota (no space, no final /)")
+        timeout = raw.get("timeout", cls.timeout)
+        if not _number(timeout) or not TIMEOUT_RANGE[0] <= timeout <= TIMEOUT_RANGE[1] or timeout >= ttl:
+            raise ValueError(
+                f"timeout {_show(timeout)} must be from 0.1 to 4 seconds and less than the ttl ({ttl:g} s), "
+                "so that a renewal is answered before its lease expires"
+            )
+        config = cls(list(endpoints), **files, gateway=gateway, prefix=prefix, timeout=float(timeout))
+        try:
+            tls_context(config.settings())
+        except EtcdError as exc:
+            raise ValueError(str(exc)) from None
+        return config
+
+
+def _https_url(value: object) -> bool:
+    if not isinstance(value, str) or len(value) > 256:
+        return False
+    try:
+        url = urlsplit(value)
+        url.port  # noqa: B018 (a port that is not a number raises)
+    except ValueError:
+        return False
+    plain = not (url.query or url.fragment or url.username or url.password) and url.path in ("", "/")
+    return url.scheme == "https" and bool(url.hostname) and plain
 
 
 @dataclass
@@ -84,6 +177,8 @@ class QuotadConfig:
     limit: int
     ttl: float = 15.0
     state_file: Path | None = None
+    backend: str = "memory"
+    etcd: ClusterConfig | None = None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> QuotadConfig:
@@ -100,6 +195,31 @@ class QuotadConfig:
                 f"halfbridge-quotad: {path}: the directory of state_file {config.state_file} does not exist "
                 "(the service's StateDirectory= creates it)"
             )
+        if config.backend not in BACKENDS:
+            raise SystemExit(
+                f"halfbridge-quotad: {path}: backend must be memory (this gateway's own quota, the default) "
+                f"or etcd (the cluster's), not {_show(config.backend)}"
+            )
+        if config.backend == "memory":
+            if config.etcd is not None:
+                raise SystemExit(
+                    f"halfbridge-quotad: {path}: an etcd section with the memory backend would count this "
+                    "gateway's flows alone: set backend to etcd for the cluster's quota, or remove the section"
+                )
+            return config
+        if config.state_file is not None:
+            raise SystemExit(
+                f"halfbridge-quotad: {path}: state_file is the memory backend's; with etcd the leases are kept "
+                "in the cluster: remove it"
+            )
+        if config.etcd is None:
+            raise SystemExit(
+                f"halfbridge-quotad: {path}: the etcd backend needs its etcd section ({', '.join(_CLUSTER_REQUIRED)})"
+            )
+        try:
+            config.etcd = ClusterConfig.parse(config.etcd, config.ttl)
+        except ValueError as exc:
+            raise SystemExit(f"halfbridge-quotad: {path}: etcd: {exc}") from None
         return config
 
 
@@ -244,12 +364,9 @@ class Quota:
         return _bad(f"unknown op {op!r}: acquire, renew, release or list")
 
     def acquire(self, request: dict) -> dict:
-        fields = {key: request.get(key) for key in ("agent", "camera", "mode")}
-        empty = [key for key, value in fields.items() if not isinstance(value, str) or not value]
-        if empty:
-            return _bad(f"acquire needs {', '.join(empty)}")
-        if fields["mode"] not in MODES:
-            return _bad(f"mode must be {_MODES_SAID}, not {fields['mode']!r}")
+        fields = _flow(request)
+        if "error" in fields:
+            return fields
         in_use = len(self.leases)
         if left := self.holding_back():
             retry = max(1, math.ceil(left))
@@ -264,14 +381,7 @@ class Quota:
                 f"the convention, it admits no new flow for its first {self.ttl:g} s: try again in {retry} s",
             }
         if in_use >= self.limit:
-            return {
-                "ok": False,
-                "error": "quota_full",
-                "in_use": in_use,
-                "limit": self.limit,
-                "message": f"all {self.limit} of {self.limit} simultaneous flows allowed by the convention "
-                "are in use; try again when one ends",
-            }
+            return _full(in_use, self.limit)
         lease_id = secrets.token_hex(8)
         while lease_id in self.leases:  # one in 2**64 with a lease taken back from the earlier run
             lease_id = secrets.token_hex(8)
@@ -296,6 +406,249 @@ class Quota:
             self.restored.discard(lease_id)
             self.changes += 1
         return {"ok": True, "in_use": len(self.leases), "limit": self.limit}
+
+
+def _flow(request: dict) -> dict:
+    """An acquire's agent, camera and mode, checked; or the bad_request answer (it has an `error`)."""
+    fields = {key: request.get(key) for key in ("agent", "camera", "mode")}
+    empty = [key for key, value in fields.items() if not isinstance(value, str) or not value]
+    if empty:
+        return _bad(f"acquire needs {', '.join(empty)}")
+    if fields["mode"] not in MODES:
+        return _bad(f"mode must be {_MODES_SAID}, not {fields['mode']!r}")
+    return fields
+
+
+def _full(in_use: int, limit: int) -> dict:
+    return {
+        "ok": False,
+        "error": "quota_full",
+        "in_use": in_use,
+        "limit": limit,
+        "message": f"all {limit} of {limit} simultaneous flows allowed by the convention are in use; "
+        "try again when one ends",
+    }
+
+
+class ClusterQuota:
+    """The cluster's quota, in etcd: the same requests as `Quota`, answered by every gateway against the same slots.
+
+    A flow is the key `<prefix>/slots/<i>` (i from 0 to limit - 1) holding {agent, camera, mode, since,
+    gateway} and bound to an etcd lease of `ttl` seconds. An acquire reads the slots, takes a new
+    lease, and puts the flow in a free slot by a transaction whose compare is "this key does not
+    exist": of any number of gateways racing for a slot, one transaction wins, so no more than `limit`
+    keys ever exist. It tries each free slot at most once (at most `limit` transactions), then answers
+    quota_full. The lease id it gives is the etcd lease's, in 16 hexadecimal digits: a renewal is
+    etcd's keepalive and a release its revoke, whichever daemon holds them, and a daemon restarted
+    renews the leases it granted before (it keeps nothing itself). etcd expires a lease not renewed
+    within its TTL and deletes its key: the slot of a relay or a daemon killed comes back by itself.
+
+    A key in the slots that is not one of `0 .. limit - 1` (a slot of a higher limit before a restart,
+    or one that is not the daemons') counts against the limit until it goes: meanwhile new flows go
+    only into as many of the first slots as leave room for it (`_usable`).
+
+    Every request is answered within `timeout`: when etcd cannot serve it in that time (no member
+    answers, none has a leader, an answer that is not etcd's), the answer is `cluster_unavailable`
+    with a sentence, never a grant; a lease taken by an acquire that does not end in a grant is
+    revoked. The log says once when the cluster cannot be reached and once when it can again.
+    """
+
+    def __init__(self, limit: int, ttl: float, cluster: ClusterConfig, wall=time.time, etcd: Etcd | None = None):
+        self.limit, self.ttl, self.wall = limit, ttl, wall
+        self.gateway, self.timeout = cluster.gateway, cluster.timeout
+        self.slots = f"{cluster.prefix}/slots/"
+        self._slots = self.slots.encode()
+        self.etcd = etcd if etcd is not None else Etcd(cluster.settings())
+        self.unreachable: str | None = None  # why the cluster cannot be reached, while it cannot (logged once)
+        self._revoking: set[asyncio.Task] = set()
+
+    async def close(self) -> None:
+        """Let the revocations under way end (within the timeout), then close the connections."""
+        if self._revoking:
+            await asyncio.wait(set(self._revoking), timeout=self.timeout)
+        for task in list(self._revoking):
+            task.cancel()
+        await self.etcd.close()
+
+    async def answer(self, request: object) -> dict:
+        if not isinstance(request, dict):
+            return _bad("not a JSON object")
+        op = request.get("op")
+        if op == "acquire":
+            fields = _flow(request)
+            if "error" in fields:
+                return fields
+            call = self.acquire(fields)
+        elif op in ("renew", "release"):
+            lease = request.get("lease")
+            if not isinstance(lease, str) or not lease:
+                return _bad(f"{op} needs the lease id it was given")
+            call = self.renew(lease) if op == "renew" else self.release(lease)
+        elif op == "list":
+            call = self.list()
+        else:
+            return _bad(f"unknown op {op!r}: acquire, renew, release or list")
+        try:
+            # The calls end by the timeout and say why; the grace bounds the rest (a loop kept busy).
+            with within(self.timeout):
+                async with asyncio.timeout(self.timeout + _GRACE):
+                    answer = await call
+        except TimeoutError:
+            said = f"etcd did not answer within {self.timeout:g} s"
+            return self._unavailable(op, said, said)
+        except EtcdError as exc:
+            return self._unavailable(op, str(exc), exc.brief)
+        if self.unreachable is not None:
+            log.warning("the cluster's quota can be reached again: flows are admitted and renewed")
+            self.unreachable = None
+        return answer
+
+    def _unavailable(self, op: str, why: str, brief: str) -> dict:
+        """The refusal of a request etcd could not serve: the requester reads `brief`, the log `why`."""
+        if self.unreachable is None:
+            log.error(
+                "the cluster's quota cannot be reached (%s): no new flow is admitted and no lease renewed until it can",
+                why,
+            )
+        self.unreachable = why
+        said = f"the cluster's quota cannot be reached from this gateway ({brief})"
+        if op == "acquire":
+            return {
+                "ok": False,
+                "error": "cluster_unavailable",
+                "in_use": None,
+                "limit": self.limit,
+                "message": f"{said}; so as never to exceed the {self.limit} simultaneous flows allowed by the "
+                "convention, no flow is admitted",
+            }
+        ends = {
+            "renew": f"; so as never to exceed the {self.limit} simultaneous flows allowed by the convention, "
+            "the lease is not renewed and its flow must end",
+            "release": f"; the lease ends by itself within {self.ttl:g} s",
+        }
+        return {"ok": False, "error": "cluster_unavailable", "limit": self.limit, "message": said + ends.get(op, "")}
+
+    # -- the requests -------------------------------------------------------
+
+    async def acquire(self, fields: dict) -> dict:
+        held = await self.etcd.range(self.slots, prefix=True, keys_only=True)
+        slots = [self._slot(kv["key"]) for kv in held]
+        usable = self._usable(slots)
+        free = [slot for slot in range(usable) if slot not in slots]
+        if not free:
+            return _full(len(held), self.limit)
+        lease, ttl = await self.etcd.grant(math.ceil(self.ttl))
+        granted = False
+        try:
+            flow = {**fields, "since": iso_seconds(self.wall()), "gateway": self.gateway}
+            value = json.dumps(flow, separators=(",", ":"))
+            random.shuffle(free)  # gateways racing for the same free slots mostly try different ones
+            in_use = len(held)
+            for slot in free:
+                key = f"{self.slots}{slot}"
+                count = get(self.slots, prefix=True, count_only=True)
+                won, responses = await self.etcd.transact(
+                    [absent(key)], [put(key, value, lease), count], [get(key), count]
+                )
+                if len(responses) != 2 or "count" not in responses[1]:
+                    raise EtcdError(f"etcd's answer to a transaction on {key} lacks what was asked")
+                in_use = responses[1]["count"]
+                # A transaction etcd applied whose answer was lost, and which the client sent again to
+                # another member, finds the slot taken by its own lease: that is its grant.
+                mine = not won and any(kv["lease"] == lease for kv in responses[0].get("kvs", []))
+                if won or mine:
+                    granted = True
+                    return {"ok": True, "lease": f"{lease:016x}", "ttl": ttl, "in_use": in_use, "limit": self.limit}
+            return _full(in_use, self.limit)
+        finally:
+            if not granted:  # refused, failed or cancelled: the lease may hold a slot, and never a flow
+                self._revoke_later(lease)
+
+    async def renew(self, lease_id: str) -> dict:
+        lease = _etcd_lease(lease_id)
+        if lease is None:
+            return _unknown(lease_id, "not a lease of the cluster's quota")
+        left, keys = await self.etcd.time_to_live(lease)
+        if left < 0:
+            return _unknown(lease_id, "expired or released")
+        if not any(key.startswith(self._slots) for key in keys):
+            return _unknown(lease_id, "it holds no slot of the cluster's quota")
+        ttl = await self.etcd.keepalive(lease)
+        if ttl <= 0:
+            return _unknown(lease_id, "expired or released")
+        return {"ok": True, "ttl": ttl}
+
+    async def release(self, lease_id: str) -> dict:
+        lease = _etcd_lease(lease_id)
+        if lease is not None:
+            left, keys = await self.etcd.time_to_live(lease)
+            if left >= 0 and any(key.startswith(self._slots) for key in keys):
+                await self.etcd.revoke(lease)
+        return {"ok": True, "limit": self.limit}
+
+    async def list(self) -> dict:
+        held = await self.etcd.range(self.slots, prefix=True)
+        leases = sorted((self._public(kv) for kv in held), key=lambda lease: lease["since"])
+        return {"ok": True, "leases": leases, "in_use": len(held), "limit": self.limit}
+
+    # -- the pieces ---------------------------------------------------------
+
+    def _usable(self, slots: list[int | None]) -> int:
+        """How many of the first slots a new flow may take: the most, `n`, that leaves room for every key held
+        outside slots `0 .. n - 1` (`None`: a key that is not one of this limit's slots).
+
+        Without such keys it is the limit. With some (a higher limit before a restart), flows go only
+        into the first slots until those keys are gone: an acquirer that counted them at its read
+        never puts more than the limit in etcd, and as no daemon of this limit creates a key outside
+        the first slots of its own read, what it counted can only shrink (see docs/quotad.md)."""
+        for usable in range(self.limit, 0, -1):
+            if usable + sum(1 for slot in slots if slot is None or slot >= usable) <= self.limit:
+                return usable
+        return 0
+
+    def _slot(self, key: bytes) -> int | None:
+        """The slot's number when `key` is one of this limit's slots (`0` .. `limit - 1`, no leading zero)."""
+        name = key[len(self._slots) :]
+        if not key.startswith(self._slots) or not name.isdigit() or (name.startswith(b"0") and name != b"0"):
+            return None
+        return int(name) if int(name) < self.limit else None
+
+    def _public(self, kv: dict) -> dict:
+        """A slot as list shows it; what etcd holds is read as anyone could have written it."""
+        try:
+            flow = json.loads(kv["value"])
+        except (ValueError, RecursionError):
+            flow = None
+        flow = flow if isinstance(flow, dict) else {}
+        view = {"lease": f"{kv['lease']:016x}"}
+        for key in ("agent", "camera", "mode", "since", "gateway"):
+            value = flow.get(key)
+            view[key] = value if isinstance(value, str) and 0 < len(value) <= _MAX_LINE else "?"
+        return view
+
+    def _revoke_later(self, lease: int) -> None:
+        """Revoke the lease in the background (the answer does not wait): at worst it expires within the ttl."""
+
+        async def revoke() -> None:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self.etcd.revoke(lease)
+            except (EtcdError, TimeoutError) as exc:
+                log.warning("lease %016x not revoked (%s): it expires within %g s", lease, exc, self.ttl)
+
+        task = asyncio.get_running_loop().create_task(revoke())
+        self._revoking.add(task)
+        task.add_done_callback(self._revoking.discard)
+
+
+def _etcd_lease(lease_id: str) -> int | None:
+    """The etcd lease of a lease id this quota gives (16 lower-case hexadecimal digits), or None."""
+    return int(lease_id, 16) if _LEASE_ID.fullmatch(lease_id) and int(lease_id, 16) > 0 else None
+
+
+def _unknown(lease_id: str, why: str) -> dict:
+    shown = lease_id if len(lease_id) <= 40 else f"{lease_id[:37]}..."
+    return {"ok": False, "error": "unknown_lease", "message": f"no lease {shown} ({why})"}
 
 
 def parse_state(data: bytes, limit: int) -> tuple[float, list[dict]]:
@@ -349,6 +702,8 @@ class QuotaDaemon:
     def __init__(self, config: QuotadConfig, clock: Callable[[], float] = time.monotonic, wall=time.time) -> None:
         self.config = config
         self.quota = Quota(config.limit, config.ttl, clock, wall)
+        # The etcd backend: the cluster's quota, asked over the network (`respond` awaits it).
+        self.cluster = ClusterQuota(config.limit, config.ttl, config.etcd, wall) if config.backend == "etcd" else None
         self._saved = 0  # `quota.changes` as the state file holds them
         self._unsaved: str | None = None  # why the state file could not be written, until it can
 
@@ -367,8 +722,14 @@ class QuotaDaemon:
             self.quota.restore(saved, f"the state file {path}")
         self._saved = self.quota.changes
 
+    async def respond(self, request: object) -> dict:
+        """The answer to one request, by the backend configured."""
+        if self.cluster is not None:
+            return await self.cluster.answer(request)
+        return self.answer(request)  # nothing awaited: one request at a time, admission is atomic
+
     def answer(self, request: object) -> dict:
-        """The answer to one request; a grant is on disk before it is answered, or it is taken back."""
+        """The memory backend's answer to one request; a grant is on disk before it is answered, or it is taken back."""
         if not isinstance(request, dict):
             return _bad("not a JSON object")
         answer = self.quota.handle(request)
@@ -405,7 +766,8 @@ class QuotaDaemon:
         return True
 
     async def serve(self, ready: asyncio.Event | None = None) -> None:
-        self.restore()  # before the socket exists: no request is answered without what the earlier run left
+        if self.cluster is None:
+            self.restore()  # before the socket exists: no request is answered without what the earlier run left
         path = self.config.socket
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -413,14 +775,16 @@ class QuotaDaemon:
         # wait: a deep queue lets a burst of requests wait its turn instead of being refused.
         server = await asyncio.start_unix_server(self._client, path=str(path), limit=_MAX_LINE, backlog=_BACKLOG)
         path.chmod(0o660)
+        if self.cluster is None:
+            kept = f"kept in {self.config.state_file}" if self.config.state_file else "kept in memory only"
+            sweeper = asyncio.create_task(self._sweep())
+        else:
+            etcd = self.config.etcd
+            kept = f"the cluster's, kept in etcd ({', '.join(etcd.endpoints)}) under {etcd.prefix} as {etcd.gateway}"
+            sweeper = asyncio.create_task(self.cluster.answer({"op": "list"}))  # the log says if it cannot be reached
         log.info(
-            "quota daemon: %d flows at most, leases of %g s, on %s, %s",
-            self.config.limit,
-            self.config.ttl,
-            path,
-            f"kept in {self.config.state_file}" if self.config.state_file else "kept in memory only",
+            "quota daemon: %d flows at most, leases of %g s, on %s, %s", self.config.limit, self.config.ttl, path, kept
         )
-        sweeper = asyncio.create_task(self._sweep())
         if ready is not None:
             ready.set()
         try:
@@ -428,6 +792,8 @@ class QuotaDaemon:
                 await server.serve_forever()
         finally:
             sweeper.cancel()
+            if self.cluster is not None:
+                await self.cluster.close()
 
     async def _sweep(self) -> None:
         while True:
@@ -450,7 +816,7 @@ class QuotaDaemon:
                     request = json.loads(line)
                 except ValueError:
                     request = None
-                writer.write(_encode(self.answer(request)))
+                writer.write(_encode(await self.respond(request)))
                 await writer.drain()
         except ConnectionError:
             pass

@@ -21,6 +21,7 @@ import pytest
 
 from halfbridge.quotad import Quota, QuotaClient, QuotaDaemon, QuotadConfig, QuotaError
 from tests.support.fakes import Clock
+from tests.support.pki import TestCA
 from tests.support.waiting import wait_for
 
 QUOTAD = Path(sys.executable).parent / "halfbridge-quotad"
@@ -643,3 +644,78 @@ def test_a_client_stops_reading_an_answer_longer_than_64_kib_and_admits_nothing(
     finally:
         server.close()
         thread.join(5)
+
+
+# -- the etcd backend's configuration ------------------------------------------
+
+
+@pytest.fixture
+def cluster_files(tmp_path: Path) -> dict:
+    """A quotad.json's etcd section whose files exist (a CA, a client certificate and its key)."""
+    ca = TestCA(tmp_path)
+    cert, key = ca.issue("quotad-gw1")
+    return {
+        "endpoints": ["https://10.0.0.1:2379", "https://gw2.example:2379"],
+        "ca_file": str(ca.path),
+        "cert_file": str(cert),
+        "key_file": str(key),
+        "gateway": "gw1",
+    }
+
+
+def configured(tmp_path: Path, **settings) -> Path:
+    path = tmp_path / "quotad.json"
+    path.write_text(json.dumps({"socket": str(tmp_path / "q.sock"), "limit": 10, **settings}))
+    return path
+
+
+def test_the_etcd_backend_loads_with_its_defaults_and_the_memory_backend_stays_the_default(tmp_path, cluster_files):
+    assert QuotadConfig.load(configured(tmp_path)).backend == "memory"
+    config = QuotadConfig.load(configured(tmp_path, backend="etcd", etcd=cluster_files))
+    assert (config.etcd.prefix, config.etcd.timeout, config.etcd.gateway) == ("/halfbridge/quota", 2.0, "gw1")
+    assert config.etcd.settings().endpoints == cluster_files["endpoints"]
+
+
+NO_FILES = {"ca_file": None, "cert_file": None, "key_file": None, "gateway": None}
+
+
+@pytest.mark.parametrize(
+    ("settings", "etcd", "sentence"),
+    [
+        (
+            {"backend": "mysql"},
+            None,
+            r"backend must be memory \(this gateway's own quota, the default\) or etcd .*'mysql'",
+        ),
+        ({}, {}, "an etcd section with the memory backend would count this gateway's flows alone"),
+        ({"backend": "etcd"}, None, "the etcd backend needs its etcd section"),
+        ({"backend": "etcd"}, NO_FILES, "etcd: lacks ca_file, cert_file, key_file, gateway"),
+        ({"backend": "etcd", "state_file": "leases.json"}, {}, "state_file is the memory backend's"),
+        ({"backend": "etcd"}, {"gateway": "../x"}, "gateway '../x' must be this gateway's name"),
+        ({"backend": "etcd"}, {"endpoints": "https://a:2379"}, "endpoints must be a list"),
+        ({"backend": "etcd"}, {"endpoints": ["http://a:2379"]}, "'http://a:2379' is not https://HOST:PORT"),
+        ({"backend": "etcd"}, {"endpoints": ["https://a:x"]}, "not https://HOST:PORT"),
+        ({"backend": "etcd"}, {"endpoints": ["https://a:2379/v3"]}, "not https://HOST:PORT"),
+        ({"backend": "etcd"}, {"ca_file": "/nowhere/ca.pem"}, "ca_file '/nowhere/ca.pem' is not a file"),
+        ({"backend": "etcd"}, {"key_file": "."}, "key_file '.' is not a file this daemon can read"),
+        ({"backend": "etcd"}, {"timeout": 15}, r"timeout 15 must be .* less than the ttl \(15 s\)"),
+        ({"backend": "etcd"}, {"prefix": "halfbridge"}, "prefix 'halfbridge' must be a key such as"),
+        ({"backend": "etcd"}, {"retries": 3}, "etcd: has unknown keys retries"),
+    ],
+)
+def test_a_cluster_configuration_that_cannot_work_stops_the_start_with_a_sentence(
+    tmp_path, cluster_files, settings, etcd, sentence
+):
+    """`etcd` changes a section whose files exist (None: no section; a key set to None: left out)."""
+    if etcd is not None:
+        section = {**cluster_files, **etcd}
+        settings = {**settings, "etcd": {key: value for key, value in section.items() if value is not None}}
+    with pytest.raises(SystemExit, match=sentence):
+        QuotadConfig.load(configured(tmp_path, **settings))
+
+
+def test_a_key_that_is_not_the_certificates_stops_the_start_with_a_sentence(tmp_path, cluster_files):
+    (tmp_path / "elsewhere").mkdir()
+    _, stranger_key = TestCA(tmp_path / "elsewhere").issue("stranger")
+    with pytest.raises(SystemExit, match=r"etcd: cannot use the CA .* to reach etcd"):
+        QuotadConfig.load(configured(tmp_path, backend="etcd", etcd={**cluster_files, "key_file": str(stranger_key)}))

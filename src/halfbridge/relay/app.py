@@ -60,6 +60,9 @@ from halfbridge.tls import TLSSite
 log = logging.getLogger("halfbridge.relay")
 
 _PATH_SHOWN = 80
+# How long the relay waits for the quota daemon: longer than the daemon's own bound on a cluster request
+# (its etcd timeout, at most 4 s), so that its refusal, not silence, reaches the agent.
+QUOTA_WAIT = 5.0
 
 
 def _finite(value: object) -> bool:
@@ -77,7 +80,7 @@ class Relay:
         self.folder = config.folder()
         self.metrics = Metrics()
         self.cuts = Cuts(self.metrics.cut)
-        self.quota = AsyncQuotaClient(config.quotad_socket)
+        self.quota = AsyncQuotaClient(config.quotad_socket, timeout=QUOTA_WAIT)
         self.cameras = {camera["id"]: camera for camera in config.cameras}
         self.keeper = TrustKeeper(
             config.tls_certificate, config.tls_key, config.tls_client_ca, config.crl_dir, config.crl_warn_hours
@@ -328,6 +331,9 @@ class Relay:
             answer = await self.quota.leases()
         except QuotaError as exc:
             raise Problem(503, "quota-daemon-unreachable", str(exc)) from None
+        if not answer.get("ok"):  # the cluster's quota (etcd) cannot be read from this gateway
+            said = str(answer.get("message") or "the quota daemon cannot list its flows")
+            raise Problem(503, "quota-unavailable", said)
         await self._record(request, 200)
         flows = [
             {key: lease.get(key) for key in ("agent", "camera", "mode", "since")} for lease in answer.get("leases", [])
@@ -482,6 +488,10 @@ class Relay:
         except QuotaError as exc:
             problems.append(str(exc))
             answer = None
+        else:
+            if not answer.get("ok"):  # the cluster's quota (etcd) cannot be read from this gateway
+                problems.append(str(answer.get("message") or "the quota daemon cannot list its flows"))
+                answer = None
         if not self.config.store_root.is_dir():
             problems.append(f"the store {self.config.store_root} is missing")
         problems += [f"nobody gets in: {problem}" for problem in self.keeper.problems]

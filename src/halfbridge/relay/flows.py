@@ -188,6 +188,8 @@ class Flows:
         if granted.get("error") == "starting":
             retry = granted.get("retry_after")
             raise Problem(503, "quota-starting", granted.get("message", ""), retry_after=retry)
+        if granted.get("error") == "cluster_unavailable":  # the cluster's quota (etcd) has no quorum from here
+            raise Problem(503, "quota-unavailable", granted.get("message", ""), limit=granted.get("limit"))
         raise Problem(503, "quota-refused", f"the quota daemon refused the flow: {granted.get('message')}")
 
     async def _renew(self, lease: str) -> str:

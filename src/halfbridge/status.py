@@ -189,6 +189,8 @@ def flows(gw: Gateway) -> tuple[dict, list[str]]:
             "camera": _text(lease.get("camera")),
             "mode": _text(lease.get("mode"), 16),
             "since": _when(lease.get("since")),
+            # A cluster's quota (etcd) lists every gateway's flows, each with the gateway that admitted it.
+            "gateway": _text(lease.get("gateway"), 64),
         }
         for lease in leases[:MAX_LEASES]
         if isinstance(lease, dict)
@@ -889,7 +891,11 @@ def _flows_lines(part: dict) -> tuple[str, list[list[str]]]:
     summary = f"{_n(part['in_use'])}/{_n(part['limit'])} in use"
     if part["starting_seconds"]:
         summary += f", no new flow for {part['starting_seconds']} s (restart)"
-    rows = [[_s(x["agent"]), _s(x["camera"]), _s(x["mode"]), f"since {_s(x['since'])}"] for x in part["leases"]]
+    rows = [
+        [_s(x["agent"]), _s(x["camera"]), _s(x["mode"]), f"since {_s(x['since'])}"]
+        + ([f"through {_s(x['gateway'])}"] if x.get("gateway") else [])
+        for x in part["leases"]
+    ]
     return summary, rows
 
 

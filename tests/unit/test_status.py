@@ -662,3 +662,39 @@ def test_a_request_pending_over_a_day_and_notices_stuck_need_attention(gw):
 def test_a_gateway_that_takes_no_requests_says_so_and_needs_nothing(gw):
     code, table = gw.status()
     assert code == 0 and "not taken on this gateway" in section(table, "REQUESTS")[0]
+
+
+def test_a_clusters_flows_name_the_gateway_that_admitted_each(gw, tmp_path):
+    """The etcd backend lists every gateway's flows, each with its `gateway` (as tests/integration/test_quota_cluster.py
+    shows it answering); the table says through which gateway each flow runs."""
+    cluster = tmp_path / "cluster.sock"
+    leases = [
+        {"lease": f"{n:016x}", "agent": "agent-dupont", "camera": f"cam-{n}", "mode": "live",
+         "since": "2026-12-02T09:41:05Z", "gateway": f"gw{n}"}
+        for n in (1, 2)
+    ]  # fmt: skip
+    answer = {"ok": True, "leases": leases, "in_use": 2, "limit": 10}
+
+    def serve(listener: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = listener.accept()
+                with connection:
+                    connection.recv(4096)
+                    connection.sendall(json.dumps(answer).encode() + b"\n")
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(cluster))
+    listener.listen()
+    threading.Thread(target=serve, args=(listener,), daemon=True).start()
+    relay = json.loads((gw.etc / "relay.json").read_text())
+    relay["quotad_socket"] = str(cluster)
+    (gw.etc / "relay.json").write_text(json.dumps(relay))
+    with listener:
+        _, report = gw.report()
+        _, table = gw.status()
+    assert [x["gateway"] for x in report["flows"]["leases"]] == ["gw1", "gw2"]
+    rows = section(table, "FLOWS")
+    assert "2/10 in use" in rows[0]
+    assert any("cam-1" in row and row.rstrip().endswith("through gw1") for row in rows), rows
+    assert any("cam-2" in row and row.rstrip().endswith("through gw2") for row in rows), rows

@@ -41,7 +41,8 @@ class RelayLab:
         self.ca = TestCA(workdir)
         self.server_cert, self.server_key = self.ca.issue("relay", server=True, addresses=("127.0.0.1",))
         self.client_cert, self.client_key = self.ca.issue("agent-dupont")
-        self.port, self.management_port = free_port(), free_port()
+        self.port, self.management_port, self.node_port = free_port(), free_port(), free_port()
+        self.gateway: str | None = None  # a gateway of a cluster once `join` has made it one
         self.store = workdir / "store"
         self.store.mkdir(exist_ok=True)
         self.auditd = Auditd(workdir, checkpoint_seconds=2)
@@ -103,6 +104,28 @@ class RelayLab:
             env={**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"},
         )
         wait_listening(self.port, self.relay, "the relay", log=log)
+        if self.gateway is not None:
+            wait_listening(self.node_port, self.relay, "the relay's node listener", log=log)
+
+    def join(self, gateway: str, servers: TestCA, peers: dict[str, RelayLab]) -> RelayLab:
+        """Make this relay gateway `gateway` of a cluster, before it starts: its node listener on loopback, with a
+        certificate of `servers` (the partner's servers CA) that it also shows its `peers` (by name), which alone
+        may ask it. A peer's node certificate is named `<name>-node`."""
+        self.gateway = gateway
+        self.node_cert, self.node_key = servers.issue(f"{gateway}-node", usage=False, addresses=("127.0.0.1",))
+        settings = json.loads(self.config.read_text())
+        settings.update(
+            gateway=gateway,
+            peers=[{"name": name, "url": f"https://127.0.0.1:{lab.node_port}"} for name, lab in peers.items()],
+            node_host="127.0.0.1",
+            node_port=self.node_port,
+            node_tls_certificate=str(self.node_cert),
+            node_tls_key=str(self.node_key),
+            node_client_ca=str(servers.path),
+            node_peers=[f"{name}-node" for name in peers],
+        )
+        self.config.write_text(json.dumps(settings))
+        return self
 
     def start(self) -> RelayLab:
         self.auditd.spawn()

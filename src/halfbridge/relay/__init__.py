@@ -19,6 +19,7 @@ One module per job:
 - `requests`: the PP's requests for images, and the download of their packages;
 - `sources`: a flow's bytes, from a recorder's live tap or from the recordings;
 - `recordings`: the segments, spans and gaps of a range, and the recorders' status;
+- `peers`: cameras recorded on another gateway of a cluster, and the node listener serving this one's;
 - `connections`: the deadlines and limits that hold each connection;
 - `problems`: refusals as problem+json, and bounded reading of what a client asks;
 - `metrics`: the counters, and their Prometheus exposition;

@@ -19,6 +19,11 @@ A range starting before the retention (`retention_days`) is a 410, unless curren
 of its camera cover it wholly (`halfbridge.holds`: a request's, or one the partner
 placed): a held range stays viewable, and can be asked for.
 
+A camera recorded by another gateway of a cluster (`recorded_by` in the referential) is served
+the same way, after the same admission, quota slot and history here: its bytes, its recordings
+and its status come from that gateway's node listener (`halfbridge.relay.peers`), which this relay
+runs too, for the cameras recorded here, when `node_port` is set.
+
 From 00:00, Paris time, of the day the convention is no longer in force
 (`convention_ends_on`), the relay serves nothing, whatever the firewall and the trust
 still say: every request is a 503 `convention-ended`, its connection's authentication
@@ -50,6 +55,7 @@ from halfbridge.relay.connections import Connection, Cuts
 from halfbridge.relay.flows import Flows
 from halfbridge.relay.identity import Gate
 from halfbridge.relay.metrics import Metrics
+from halfbridge.relay.peers import NODE_HEADER_BYTES, NODE_HEADERS, NodeRoutes, PeerClient
 from halfbridge.relay.problems import Problem, parameter, parse_time, stream_format, unrecorded
 from halfbridge.relay.recordings import Catalog
 from halfbridge.relay.requests import RECORDED, RequestRoutes
@@ -97,6 +103,9 @@ class Relay:
         self._site: TLSSite | None = None
         self._background: set[asyncio.Task] = set()
         self.requests = RequestRoutes(self)
+        # A cluster's gateways: the peers this relay reads cameras from, and its node listener for theirs.
+        self.peers = PeerClient(config.peers, config.node_tls_certificate, config.node_tls_key, config.node_client_ca)
+        self.node = NodeRoutes(self) if config.node_port is not None else None
 
     # -- the applications --------------------------------------------------
 
@@ -287,44 +296,81 @@ class Relay:
 
     # -- the referential and the recordings ----------------------------------
 
+    async def camera_status(self, camera_id: str, camera: dict, now: float) -> dict:
+        """A camera recorded here as /v1/cameras lists it: whether it is recorded now, and what its recorder says."""
+        last = await asyncio.to_thread(self.catalog.last_end, camera_id)
+        said = await asyncio.to_thread(self.catalog.recorder_status, camera_id)
+        # Recorded lately, and its recorder does not say the camera is down (the last segment can
+        # be a few seconds old when it goes down).
+        recent = last is not None and now - last <= 3 * self.config.segment_seconds
+        status = {
+            "id": camera_id,
+            "name": camera.get("name", ""),
+            "site": camera.get("site", ""),
+            "recording": recent and said.get("state") not in ("down", "stopped"),
+            "last_recorded": iso(last),
+            **said,
+        }
+        if self.config.gateway:
+            status["recorded_by"] = self.config.gateway
+        return status
+
     async def list_cameras(self, request: web.Request) -> web.Response:
         now = self.clock()
+        agent = request["who"]["agent"]
+        # What each peer says of the cameras it records, asked of all at once (each within a few seconds).
+        others = sorted({self.config.recorded_by(camera) for camera in self.cameras.values()} - {None})
+        said = dict(zip(others, await asyncio.gather(*(self.peers.statuses(g, agent) for g in others)), strict=True))
         listed = []
         for camera_id, camera in self.cameras.items():
-            last = await asyncio.to_thread(self.catalog.last_end, camera_id)
-            said = await asyncio.to_thread(self.catalog.recorder_status, camera_id)
-            # Recorded lately, and its recorder does not say the camera is down (the last segment can
-            # be a few seconds old when it goes down).
-            recent = last is not None and now - last <= 3 * self.config.segment_seconds
+            gateway = self.config.recorded_by(camera)
+            if gateway is None:
+                listed.append(await self.camera_status(camera_id, camera, now))
+                continue
+            status = said[gateway].get(camera_id) or {
+                "recording": False,
+                "last_recorded": None,
+                "state": "unknown",
+                "down_since": None,
+                "last_error": f"gateway {gateway}, which records it, cannot say how it is right now",
+                "video": None,
+                "audio": None,
+            }
             listed.append(
                 {
                     "id": camera_id,
                     "name": camera.get("name", ""),
                     "site": camera.get("site", ""),
-                    "recording": recent and said.get("state") not in ("down", "stopped"),
-                    "last_recorded": iso(last),
-                    **said,
+                    **status,
+                    "recorded_by": gateway,
                 }
             )
         await self._record(request, 200)
         return web.json_response({"cameras": listed})
 
+    async def recordings_of(self, camera_id: str, start: float, end: float) -> dict:
+        """The recorded spans and gaps of a camera recorded here, as /v1/cameras/{id}/recordings answers."""
+        segments = await asyncio.to_thread(self.catalog.segments, camera_id, start, end)
+        found, gaps = self.catalog.gaps(segments, start, end)
+        return {
+            "camera": camera_id,
+            "from": iso(start),
+            "to": iso(end),
+            "spans": [{"from": iso(a), "to": iso(b)} for a, b in found],
+            "gaps": [{"from": iso(a), "to": iso(b)} for a, b in gaps],
+            "recorded_seconds": round(sum(b - a for a, b in found), 3),
+        }
+
     async def recordings(self, request: web.Request) -> web.Response:
         camera = self._camera(request)
         start, end = await self._range(request, camera["id"])
-        segments = await asyncio.to_thread(self.catalog.segments, camera["id"], start, end)
-        found, gaps = self.catalog.gaps(segments, start, end)
+        gateway = self.config.recorded_by(camera)
+        if gateway is None:
+            answer = await self.recordings_of(camera["id"], start, end)
+        else:
+            answer = await self.peers.recordings(gateway, camera["id"], start, end, request["who"]["agent"])
         await self._record(request, 200, camera=camera["id"], range=[iso(start), iso(end)])
-        return web.json_response(
-            {
-                "camera": camera["id"],
-                "from": iso(start),
-                "to": iso(end),
-                "spans": [{"from": iso(a), "to": iso(b)} for a, b in found],
-                "gaps": [{"from": iso(a), "to": iso(b)} for a, b in gaps],
-                "recorded_seconds": round(sum(b - a for a, b in found), 3),
-            }
-        )
+        return web.json_response(answer)
 
     async def list_flows(self, request: web.Request) -> web.Response:
         try:
@@ -345,8 +391,17 @@ class Relay:
     async def live(self, request: web.Request) -> web.StreamResponse:
         camera = self._camera(request)
         container = stream_format(request)
-        source = sources.live(self.config.live_dir, camera["id"])
-        return await self.flows.run(request, camera["id"], "live", {"format": container}, source)
+        gateway = self.config.recorded_by(camera)
+        if gateway is None:
+            source = sources.live(self.config.live_dir, camera["id"])
+            return await self.flows.run(request, camera["id"], "live", {"format": container}, source)
+        agent = request["who"]["agent"]
+
+        def source(lease: str):  # the peer's node endpoint, asked with the flow's lease once admitted here
+            return self.peers.stream(gateway, camera["id"], "live", {}, agent, lease)
+
+        fields = {"format": container, "recorded_by": gateway}
+        return await self.flows.run(request, camera["id"], "live", fields, source)
 
     async def playback(self, request: web.Request) -> web.StreamResponse:
         camera = self._camera(request)
@@ -355,6 +410,9 @@ class Relay:
         if pace not in ("realtime", "fast"):
             raise Problem(400, "malformed-request", "`pace` is realtime (the default) or fast (for an export)")
         container = stream_format(request)
+        gateway = self.config.recorded_by(camera)
+        if gateway is not None:
+            return await self._peer_playback(request, camera["id"], gateway, start, end, pace, container)
         segments = await asyncio.to_thread(self.catalog.playback_segments, camera["id"], start, end)
         if not any(segment.end > start and segment.start < end for segment in segments):
             raise Problem(
@@ -368,6 +426,28 @@ class Relay:
         fields = {"range": [iso(start), iso(end)], "pace": pace, "gaps": len(gaps), "format": container}
         source = sources.recorded(self.store, camera["id"], segments, start, end, pace == "realtime")
         return await self.flows.run(request, camera["id"], "playback", fields, source, headers)
+
+    async def _peer_playback(
+        self, request: web.Request, camera_id: str, gateway: str, start: float, end: float, pace: str, container: str
+    ) -> web.StreamResponse:
+        """A range of a camera recorded by a peer: its spans and gaps asked first (nothing recorded is a 404 before
+        any slot is taken), then its bytes from the peer's node endpoint, with the flow's lease."""
+        agent = request["who"]["agent"]
+        recorded = await self.peers.recordings(gateway, camera_id, start, end, agent)
+        if not recorded["spans"]:
+            raise Problem(404, "no-recording", f"camera {camera_id} recorded nothing from {iso(start)} to {iso(end)}")
+        headers = {
+            "X-Halfbridge-Spans": ", ".join(f"{span['from']}/{span['to']}" for span in recorded["spans"]),
+            "X-Halfbridge-Gaps": ", ".join(f"{gap['from']}/{gap['to']}" for gap in recorded["gaps"]) or "none",
+        }
+        fields = {"range": [iso(start), iso(end)], "pace": pace, "gaps": len(recorded["gaps"]), "format": container}
+        fields["recorded_by"] = gateway
+        query = {"from": iso(start), "to": iso(end), "pace": pace}
+
+        def source(lease: str):
+            return self.peers.stream(gateway, camera_id, "playback", query, agent, lease)
+
+        return await self.flows.run(request, camera_id, "playback", fields, source, headers)
 
     # -- the convention's end (article 11), suspension (article 8) and the PKI's changes --
 
@@ -413,9 +493,13 @@ class Relay:
             c = self.config
             ended = f"convention {c.convention_reference} ended on {c.convention_ends_on} at 00:00, Paris time"
             self.flows.cut(self.flows.open.values(), f"{ended} (article 11)")
+            if self.node is not None:
+                self.node.cut(f"{ended} (article 11)")
         suspension = self.suspension()
         if suspension is not None:
             self.flows.cut(self.flows.open.values(), f"the interconnect was suspended (incident {suspension.incident})")
+            if self.node is not None:
+                self.node.cut(f"the interconnect was suspended (incident {suspension.incident})")
         if self.keeper.problems:
             self.flows.cut(self.flows.open.values(), f"revocation cannot be checked: {self.keeper.problems[0]}")
         for flow in list(self.flows.open.values()):
@@ -580,10 +664,66 @@ class Relay:
             **server._kwargs,
         )
 
+    async def start_node(self) -> web.AppRunner:
+        """The node listener (halfbridge.relay.peers): the peers' requests for the cameras recorded here, mutual TLS
+        with the servers CA, each connection held to the PP side's deadlines; its runner, to clean up."""
+        c = self.config
+        context = self.node.context()  # first: a certificate that cannot be used stops the relay's start
+        runner = web.AppRunner(
+            self.node.app(),
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=2,
+            keepalive_timeout=c.idle_seconds,
+            max_line_size=NODE_HEADER_BYTES,
+            max_field_size=NODE_HEADER_BYTES,
+            max_headers=NODE_HEADERS,
+        )
+        await runner.setup()
+        host = c.node_host or c.management_host
+
+        def connection() -> Connection:
+            return Connection(
+                runner.server,
+                loop=asyncio.get_running_loop(),
+                header_seconds=c.header_seconds,
+                cuts=self.node.cuts,
+                refused=self.node.refused_by_parser,
+                limits={"max_header_bytes": NODE_HEADER_BYTES, "max_headers": NODE_HEADERS},
+                partner=c.partner,
+                **runner.server._kwargs,
+            )
+
+        site = TLSSite(
+            runner,
+            host,
+            c.node_port,
+            lambda: context,
+            self.node.handshake_refused,
+            handshake_seconds=c.handshake_seconds,
+            per_peer=c.node_max_flows + 8,  # its flows, and a few requests beside them
+            cut=self.node.cuts,
+            protocol=connection,
+        )
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        log.info(
+            "relay: node listener of gateway %s on https://%s:%d for %s",
+            c.gateway,
+            host,
+            c.node_port,
+            ", ".join(sorted(self.node.allowed)),
+        )
+        return runner
+
     async def serve(self, ready: asyncio.Event | None = None) -> None:
         c = self.config
         runners = []
         self.keeper.load()
+        self.peers.load()
         try:
             # Health and metrics first: once the PP's port is open, everything answers.
             management = web.AppRunner(self.management_app(), access_log=None, handle_signals=False, shutdown_timeout=2)
@@ -606,6 +746,8 @@ class Relay:
                 protocol=lambda: self._connection(runner.server),
             )
             await self._site.start()
+            if self.node is not None:
+                runners.append(await self.start_node())
             log.info(
                 "relay: %d camera(s) on https://%s:%d, health and metrics on http://%s:%d",
                 len(self.cameras),
@@ -632,3 +774,4 @@ class Relay:
                 await asyncio.wait_for(self._write_folded(), 5)
             for runner in reversed(runners):
                 await runner.cleanup()
+            await self.peers.close()

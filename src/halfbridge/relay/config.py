@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import unicodedata
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,9 @@ from halfbridge.store import CAMERA_ID_RE
 # The longest retention a configuration may say: the years a recording can have (`halfbridge.times`).
 # Not the law's ceiling: the inventory's halfbridge_effective_retention filter holds that one.
 MAX_RETENTION_DAYS = int((times.LATEST - times.EARLIEST) // 86400)
+# A gateway's name (the inventory's host name): what the refusals and the history name.
+GATEWAY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+GATEWAY_SAID = "1 to 64 letters, digits, dots, dashes and underscores"
 
 
 @dataclass
@@ -93,13 +98,26 @@ class RelayConfig:
     max_connections_per_peer: int = 32  # open at once from one address (the firewall's backstop is higher)
     max_header_bytes: int = 8190  # the request line, and each header line
     max_headers: int = 32  # header lines in a request
+    # A cluster of gateways (halfbridge.relay.peers): this gateway's name, the node listeners of the others, and
+    # per camera `recorded_by` (a gateway's name; absent: recorded here). A single gateway has none of it.
+    gateway: str = ""
+    peers: list[dict] = field(default_factory=list)  # {"name", "url": "https://ADDRESS:PORT"}
+    # The node listener: the peers' requests for the cameras recorded here, on the management address (mutual TLS
+    # with the partner's servers CA, `node_client_ca`). Its certificate is also the one this relay shows its peers.
+    node_host: str | None = None  # None: management_host
+    node_port: int | None = None  # None: no node listener
+    node_tls_certificate: Path | None = None
+    node_tls_key: Path | None = None
+    node_client_ca: Path | None = None
+    node_peers: list[str] = field(default_factory=list)  # the common names of the peers' node certificates
+    node_max_flows: int = 16  # flows one peer may hold open here at once (the quota, global, is the real bound)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RelayConfig:
         paths = ("tls_certificate", "tls_key", "tls_client_ca", "store_root", "quotad_socket")
         required = ("listen_host", "listen_port", *paths, "live_dir")
         paths += ("live_dir", "recorder_state_dir", "interconnect_state", "crl_dir", "audit_socket", "clock_state")
-        paths += ("requests_dir", "packages_dir")
+        paths += ("requests_dir", "packages_dir", "node_tls_certificate", "node_tls_key", "node_client_ca")
         config = load_or_exit(cls, "halfbridge-relay", path, required, paths)
         if not isinstance(config.clock_state, Path):
             raise SystemExit(f"halfbridge-relay: {path}: clock_state is the path of halfbridge-clock's state file")
@@ -116,6 +134,7 @@ class RelayConfig:
             raise SystemExit(f"halfbridge-relay: {path}: handshake folding: {exc}") from None
         config.check_convention(path)
         config.check_requests(path)
+        config.check_cluster(path)
         if config.max_range_seconds < 1 or config.renew_seconds <= 0:
             raise SystemExit(f"halfbridge-relay: {path}: max_range_seconds and renew_seconds must be positive")
         timeouts = ("handshake_seconds", "header_seconds", "idle_seconds", "stall_seconds")
@@ -193,6 +212,86 @@ class RelayConfig:
                 "days a plain request's hold may last (the smallest max_retention_days of its prefectoral orders)"
             )
 
+    def check_cluster(self, path: str | os.PathLike) -> None:
+        """This gateway's name, its peers, the cameras each records and the node listener, each refused with a
+        sentence."""
+        where = f"halfbridge-relay: {path}"
+        if self.gateway and not (isinstance(self.gateway, str) and GATEWAY_RE.match(self.gateway)):
+            raise SystemExit(f"{where}: gateway is this gateway's name, {GATEWAY_SAID}")
+        if not isinstance(self.peers, list):
+            raise SystemExit(f'{where}: peers is a list of {{"name", "url"}}, one per other gateway')
+        names: set[str] = set()
+        urls: set[str] = set()
+        for peer in self.peers:
+            if not isinstance(peer, dict) or set(peer) != {"name", "url"}:
+                raise SystemExit(f'{where}: each peer is {{"name", "url"}} and nothing else, not {peer!r:.120}')
+            name, url = peer["name"], peer["url"]
+            if not isinstance(name, str) or not GATEWAY_RE.match(name):
+                raise SystemExit(f"{where}: a peer's name is a gateway's name, {GATEWAY_SAID}, not {name!r:.80}")
+            if name == self.gateway:
+                raise SystemExit(f"{where}: peer {name} is this gateway's own name (gateway)")
+            if name in names:
+                raise SystemExit(f"{where}: peer {name} is named twice")
+            why = _url_problem(url)
+            if why:
+                raise SystemExit(f"{where}: the url of peer {name} {why}")
+            if url.rstrip("/") in urls:
+                raise SystemExit(f"{where}: peer {name} has the url of another peer ({url})")
+            names.add(name)
+            urls.add(url.rstrip("/"))
+        if self.peers and not self.gateway:
+            raise SystemExit(f"{where}: peers need gateway, this gateway's name")
+        for camera in self.cameras:
+            by = camera.get("recorded_by")
+            if by is None or (by == self.gateway and by):
+                continue
+            if not isinstance(by, str) or by not in names:
+                known = ", ".join(sorted(names)) or "none"
+                raise SystemExit(
+                    f"{where}: camera {camera['id']} is recorded_by {str(by)!r:.80}, which is neither this gateway "
+                    f"({self.gateway or 'gateway is not set'}) nor one of its peers ({known})"
+                )
+        node = ("node_tls_certificate", "node_tls_key", "node_client_ca")
+        given = [key for key in node if getattr(self, key) is not None]
+        if given and len(given) < len(node):
+            missing = ", ".join(key for key in node if key not in given)
+            raise SystemExit(f"{where}: {', '.join(given)} without {missing}: the three go together")
+        if self.peers and not given:
+            raise SystemExit(
+                f"{where}: peers need {', '.join(node)}: this relay reads a peer's cameras with its node certificate, "
+                "and checks the peer's against the servers CA"
+            )
+        listens = self.node_port is not None
+        if listens:
+            if not (_whole(self.node_port) and 1 <= self.node_port <= 65535):
+                raise SystemExit(f"{where}: node_port is a TCP port, a whole number from 1 to 65535")
+            if self.node_port in (self.listen_port, self.management_port):
+                raise SystemExit(f"{where}: node_port ({self.node_port}) is taken by listen_port or management_port")
+            if not given:
+                raise SystemExit(f"{where}: node_port needs {', '.join(node)} (mutual TLS with the peers)")
+            if not self.gateway:
+                raise SystemExit(f"{where}: node_port needs gateway, this gateway's name")
+            if not self.node_peers:
+                raise SystemExit(f"{where}: node_port needs node_peers, the common names of the peers' certificates")
+        elif given and not self.peers:
+            raise SystemExit(
+                f"{where}: {', '.join(node)} serve the node listener (node_port) and the peers (peers): neither is set"
+            )
+        if self.node_host is not None and not (listens and _text(self.node_host, 255)):
+            raise SystemExit(f"{where}: node_host is the node listener's address, with node_port")
+        peers = self.node_peers
+        if not isinstance(peers, list) or not all(_text(cn, 255) for cn in peers) or len(set(peers)) != len(peers):
+            raise SystemExit(f"{where}: node_peers is a list of distinct certificate common names, 1 to 255 characters")
+        if peers and not listens:
+            raise SystemExit(f"{where}: node_peers without node_port: no node listener would admit them")
+        if not (_whole(self.node_max_flows) and 1 <= self.node_max_flows <= 4096):
+            raise SystemExit(f"{where}: node_max_flows is a whole number from 1 to 4096")
+
+    def recorded_by(self, camera: dict) -> str | None:
+        """The peer that records this camera, or None when this gateway does."""
+        by = camera.get("recorded_by")
+        return by if by and by != self.gateway else None
+
     def convention_end(self) -> float | None:
         """The instant the convention ends: 00:00, Paris time, of `convention_ends_on`; None without one."""
         if self.convention_ends_on is None:
@@ -222,6 +321,24 @@ class RelayConfig:
             self.handshake_full_total,
             self.handshake_fold_peers,
         )
+
+
+def _url_problem(url: object) -> str | None:
+    """Why `url` is not a peer's node listener (https://ADDRESS:PORT), or None."""
+    if not isinstance(url, str) or len(url) > 300 or not url.isprintable():
+        return "is https://ADDRESS:PORT (at most 300 printable characters)"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return f"is https://ADDRESS:PORT, not {url!r}"
+    if parts.scheme != "https":
+        return f"is https://ADDRESS:PORT (mutual TLS), not {url!r}"
+    if not parts.hostname or port is None:
+        return f"names its address and its port, https://ADDRESS:PORT, not {url!r}"
+    if parts.username or parts.password or parts.path not in ("", "/") or parts.query or parts.fragment:
+        return f"is https://ADDRESS:PORT and nothing more (no path, query or credentials), not {url!r}"
+    return None
 
 
 def _number(value: object) -> bool:

@@ -29,6 +29,8 @@ from halfbridge.relay.sources import as_mp4
 log = logging.getLogger("halfbridge.relay")
 
 Audit = Callable[..., Awaitable[None]]  # (event, request, **fields): raises AuditError
+# A flow's bytes, or what makes them from the flow's lease once admitted (a peer's node endpoint is asked with it).
+Source = AsyncIterator[bytes] | Callable[[str], AsyncIterator[bytes]]
 
 
 class Flows:
@@ -60,7 +62,7 @@ class Flows:
         camera_id: str,
         mode: str,
         fields: dict,
-        source: AsyncIterator[bytes],
+        source: Source,
         headers: dict | None = None,
         content_type: str | None = None,
         length: int | None = None,
@@ -69,9 +71,11 @@ class Flows:
 
         The body is MPEG-TS, or fragmented MP4 when `fields` say `format` mp4, unless `content_type` says
         what else it is; `length`, when known, is its Content-Length (a download: the client can tell a
-        body cut short)."""
+        body cut short). `source` may be a function of the flow's lease that makes its bytes."""
         who = request["who"]
         lease = await self._admit(who["agent"], camera_id, mode, source)
+        if callable(source):  # an async generator is not: this makes one, which runs nothing until read
+            source = source(lease)
         started, sent = time.monotonic(), 0
         renewer = asyncio.create_task(self._renew(lease))
         self.open[lease] = {
@@ -172,16 +176,16 @@ class Flows:
             request.transport.abort()
         return f"the client read nothing for {self.stall_seconds:g} s"
 
-    async def _admit(self, agent: str, camera_id: str, mode: str, source: AsyncIterator[bytes]) -> str:
+    async def _admit(self, agent: str, camera_id: str, mode: str, source: Source) -> str:
         """A lease of the quota daemon, or the refusal (the source, never started, is closed)."""
         try:
             granted = await self.quota.acquire(agent, camera_id, mode)
         except QuotaError as exc:
-            await source.aclose()
+            await _close(source)
             raise Problem(503, "quota-daemon-unreachable", str(exc)) from None
         if granted.get("ok"):
             return granted["lease"]
-        await source.aclose()
+        await _close(source)
         if granted.get("error") == "quota_full":
             limit = granted.get("limit")
             raise Problem(429, "quota-full", granted.get("message", ""), in_use=granted.get("in_use"), limit=limit)
@@ -203,3 +207,8 @@ class Flows:
                 return "the quota daemon could not renew the flow's lease"
             if not answer.get("ok"):
                 return f"the flow's lease was lost ({answer.get('message')})"
+
+
+async def _close(source: Source) -> None:
+    if not callable(source):
+        await source.aclose()

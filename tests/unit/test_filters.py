@@ -62,6 +62,16 @@ def test_networks_outside_a_zone_are_listed():
     assert net.cidrs_outside(["198.51.100.30", "198.18.0.5"], ["198.51.100.0/24"]) == ["198.18.0.5/32"]
 
 
+def test_a_hosts_addresses_inside_a_zone_are_kept_as_given():
+    # What select('ansible.utils.in_any_network', zone) keeps (roles/administrators' listen addresses).
+    addresses = ["198.51.100.10", "198.18.0.10", "fe80::d40a:d7ff:fe87:66f2", "2001:db8::5", "198.18.1.0", "gw"]
+    assert net.addresses_in(addresses, ["198.18.0.0/24"]) == ["198.18.0.10"]
+    wider = ["198.18.0.0/16", "2001:db8::/32"]
+    assert net.addresses_in(addresses, wider) == ["198.18.0.10", "2001:db8::5", "198.18.1.0"]
+    assert net.addresses_in(addresses, ["fe80::/10"]) == ["fe80::d40a:d7ff:fe87:66f2"]
+    assert net.addresses_in(addresses, []) == []
+
+
 def test_camera_url_puts_the_account_in_percent_encoded():
     camera = load("halfbridge_camera").camera_url
     assert camera({"rtsp_url": "rtsp://198.18.10.20:8554/stream", "username": "rec", "password": "p@ss/w:rd"}) == (

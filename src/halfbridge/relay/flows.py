@@ -47,6 +47,7 @@ class Flows:
         self.renew_seconds, self.stall_seconds = renew_seconds, stall_seconds
         self.partner = partner  # who runs the gateway, as the refusals name it
         self.open: dict[str, dict] = {}  # this relay's flows, by lease
+        self._ending: set[asyncio.Task] = set()  # flows whose end is being recorded (held: not collected)
 
     def cut(self, flows, reason: str) -> None:
         """End these flows now (their task is cancelled); `reason` goes into their `flow.end`."""
@@ -136,38 +137,53 @@ class Flows:
             raise
         finally:
             renewer.cancel()
-            with contextlib.suppress(Exception):
-                await chunks.aclose()
-            with contextlib.suppress(Exception):
-                await source.aclose()
             ended = self.open.pop(lease, {}).get("cut", ended)
             duration = time.monotonic() - started
             self.metrics.ended(mode, duration)
-            try:  # recorded before the slot is freed: the history never shows more flows than the quota
-                await self.audit(
-                    "flow.end",
-                    request,
-                    camera=camera_id,
-                    mode=mode,
-                    lease=lease,
-                    bytes=sent,
-                    seconds=round(duration, 3),
-                    ended=ended,
-                    **fields,
-                )
-            except AuditError as exc:
-                log.error("%s", exc)
-            with contextlib.suppress(QuotaError):
-                await self.quota.release(lease)
-            log.info(
-                "%s flow of %s on %s ended after %.1f s, %d bytes: %s",
-                mode,
-                who["agent"],
-                camera_id,
-                duration,
-                sent,
-                ended,
+            # In a task of its own, shielded: a handler cancelled now (its client gone, the server
+            # stopping) still closes the sources, records the end and frees the slot, never leaks it.
+            end = asyncio.ensure_future(
+                self._end(request, (chunks, source), lease, camera_id, mode, fields, sent, duration, ended)
             )
+            self._ending.add(end)
+            end.add_done_callback(self._ending.discard)
+            await asyncio.shield(end)
+
+    async def _end(
+        self,
+        request: web.Request,
+        sources: tuple,
+        lease: str,
+        camera_id: str,
+        mode: str,
+        fields: dict,
+        sent: int,
+        duration: float,
+        ended: str,
+    ) -> None:
+        """Close the flow's sources, record its end, then free its slot (in that order: the history never
+        shows more flows than the quota)."""
+        for source in sources:
+            with contextlib.suppress(Exception):
+                await source.aclose()
+        try:
+            await self.audit(
+                "flow.end",
+                request,
+                camera=camera_id,
+                mode=mode,
+                lease=lease,
+                bytes=sent,
+                seconds=round(duration, 3),
+                ended=ended,
+                **fields,
+            )
+        except AuditError as exc:
+            log.error("%s", exc)
+        with contextlib.suppress(QuotaError):
+            await self.quota.release(lease)
+        agent = request["who"]["agent"]
+        log.info("%s flow of %s on %s ended after %.1f s, %d bytes: %s", mode, agent, camera_id, duration, sent, ended)
 
     def _stalled(self, request: web.Request) -> str:
         """The client reads nothing: its connection is dropped, and the flow ends."""

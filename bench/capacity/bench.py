@@ -65,7 +65,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,7 +80,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 from tests.support.camera import wait_listening  # noqa: E402
 from tests.support.cpu import TICK, children, tree_cpu  # noqa: E402
 from tests.support.recording import bare_segmenter  # noqa: E402
-from tests.support.relay import BIN, RelayLab  # noqa: E402
+from tests.support.relay import BIN, Drain, RelayLab  # noqa: E402
 
 LOOPCAM = Path(__file__).with_name("loopcam.py")
 # The simulator's GStreamer bindings are the system's (python3-gi), as for halfbridge-camsim.
@@ -346,20 +345,6 @@ class Phase:
         """Bytes of the store per second of recording (median of the cameras)."""
         rates = [r.bytes / r.seconds for r in self.recordings if r.seconds > 0]
         return statistics.median(rates) if rates else None
-
-
-class Drain:
-    """Read a flow to its end in a thread, counting its bytes."""
-
-    def __init__(self, stream) -> None:
-        self.stream, self.bytes = stream, 0
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self) -> None:
-        with contextlib.suppress(OSError, ValueError, AttributeError):  # closed under it at the end
-            while chunk := self.stream.read1(65536):
-                self.bytes += len(chunk)
 
 
 def start_recorder(lab: RelayLab, camera: str, url: str) -> subprocess.Popen:

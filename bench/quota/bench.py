@@ -37,11 +37,8 @@ import argparse
 import asyncio
 import contextlib
 import http.client
-import json
 import os
-import signal
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,44 +54,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 )
 
 from halfbridge.quotad import AsyncQuotaClient, Quota  # noqa: E402
-from tests.support.relay import BIN  # noqa: E402
+from tests.support.quotad import Quotad  # noqa: E402
 
 LIMIT, TTL, RENEW = 10, 15, 5.0  # the lab's convention; stream_relay_lease_ttl, stream_relay_renew_seconds
 PREFIX = "/halfbridge/quota"
 # A flow as the relay asks for it: a real agent's name and a real camera's id are this long.
 AGENT, CAMERA = "Jeanne Martin-Dubois", "ver-gare-quai-02"
-
-
-class Daemon:
-    """One halfbridge-quotad, started from a quotad.json, stopped and reaped."""
-
-    def __init__(self, workdir: Path, settings: dict) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.workdir, self.socket = workdir, workdir / "quotad.sock"
-        self.config = workdir / "quotad.json"
-        self.config.write_text(json.dumps({"socket": str(self.socket), "limit": LIMIT, "ttl": TTL, **settings}))
-        self.log = workdir / "quotad.log"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> Daemon:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen([str(BIN / "halfbridge-quotad"), str(self.config)], stderr=log,
-                                            stdout=subprocess.DEVNULL)  # fmt: skip
-        deadline = time.monotonic() + 20
-        while not self.socket.exists():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError(f"halfbridge-quotad did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
 
 
 def memory_settings(workdir: Path) -> dict:
@@ -243,7 +208,7 @@ def etcd_unavailable() -> str:
 # -- the bench ---------------------------------------------------------------------------
 
 
-def measure(daemon: Daemon, args, messages=None) -> tuple[dict[str, Tally], dict[str, object]]:
+def measure(daemon: Quotad, args, messages=None) -> tuple[dict[str, Tally], dict[str, object]]:
     """The latencies of one backend: pairs one after the other, then at once, then flows held and renewed.
     With `messages` (etcd's counters, read), what each part cost etcd."""
     count = messages or Counter
@@ -286,7 +251,7 @@ def run_etcd(work: Path, args) -> tuple[dict[str, Tally], dict[str, object]]:
         cluster.start()
         settings = {"backend": "etcd",
                     "etcd": {**cluster.settings(), "gateway": "gw-bench", "prefix": PREFIX, "timeout": 2}}  # fmt: skip
-        daemon = Daemon(work / "etcd-quotad", settings).start()
+        daemon = Quotad(work / "etcd-quotad", {"limit": LIMIT, "ttl": TTL, **settings}).start()
         tallies, cost = measure(daemon, args, lambda: etcd_messages(cluster))
         # One flow held: its slot as quotad wrote it.
         leases = asyncio.run(acquire_flows(daemon.socket, 1))
@@ -319,7 +284,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-quota-") as tmp:
         work = Path(tmp)
         if "memory" in backends:
-            daemon = Daemon(work / "memory", memory_settings(work / "memory")).start()
+            daemon = Quotad(work / "memory", {"limit": LIMIT, "ttl": TTL, **memory_settings(work / "memory")}).start()
             try:
                 results["memory"], _ = measure(daemon, args)
             finally:

@@ -34,7 +34,6 @@ The daemons run from the tree this file is in (its `src`, put first on their pat
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import random
 import shutil
@@ -42,7 +41,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
@@ -60,7 +58,7 @@ from halfbridge import ts  # noqa: E402
 from halfbridge.store import Store, iso  # noqa: E402
 from tests.support.camera import Camera  # noqa: E402
 from tests.support.cpu import tree_cpu, trees_cpu  # noqa: E402
-from tests.support.relay import RelayLab  # noqa: E402
+from tests.support.relay import Drain, RelayLab  # noqa: E402
 from tests.support.store import build_store  # noqa: E402
 
 
@@ -81,20 +79,6 @@ def first_keyframe(lab: RelayLab, path: str) -> float:
     finally:
         response.close()
         connection.close()
-
-
-class Drain:
-    """Read a flow to its end in a thread, counting its bytes (the client of a flow, as idle as it can be)."""
-
-    def __init__(self, stream) -> None:
-        self.stream, self.bytes = stream, 0
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self) -> None:
-        with contextlib.suppress(OSError, ValueError, AttributeError):  # closed under it at the end
-            while chunk := self.stream.read1(65536):
-                self.bytes += len(chunk)
 
 
 @dataclass

@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from halfbridge.quotad import AsyncQuotaClient, QuotaClient, QuotaError
+from halfbridge.quotad import AsyncQuotaClient, QuotaClient
+from tests.support import quotad
 from tests.support.camera import free_port
 from tests.support.etcd import EtcdCluster
 from tests.support.waiting import wait_for
 
-QUOTAD = Path(sys.executable).parent / "halfbridge-quotad"
 LIMIT = 10
 FULL = "all 10 of 10 simultaneous flows allowed by the convention are in use; try again when one ends"
 UNAVAILABLE = (
@@ -32,41 +29,13 @@ MARGIN = 3.0  # seconds beyond a ttl or a timeout: etcd's lessor checks expiries
 _prefixes = itertools.count()
 
 
-class Quotad:
-    """`halfbridge-quotad` with the etcd backend, as the service runs it: its own socket, config and log."""
+class Quotad(quotad.Quotad):
+    """`halfbridge-quotad` with the etcd backend, as the service runs it, named after its gateway."""
 
     def __init__(self, workdir: Path, gateway: str, etcd: dict, ttl: float = 3, timeout: float = 1) -> None:
         self.gateway, self.timeout = gateway, timeout
-        self.socket = workdir / f"{gateway}.sock"
-        self.config = workdir / f"{gateway}.json"
-        self.log = workdir / f"{gateway}.log"
-        settings = {"socket": str(self.socket), "limit": LIMIT, "ttl": ttl, "backend": "etcd"}
-        self.config.write_text(json.dumps({**settings, "etcd": {**etcd, "gateway": gateway, "timeout": timeout}}))
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> Quotad:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen([str(QUOTAD), str(self.config)], stderr=log, stdout=subprocess.DEVNULL)
-
-        def answers() -> bool:
-            assert self.process.poll() is None, f"the quota daemon {self.gateway} stopped: {self.said()}"
-            try:
-                return "ok" in QuotaClient(self.socket, timeout=10).leases()
-            except QuotaError:
-                return False
-
-        wait_for(answers, 30, f"the quota daemon {self.gateway} to answer", 0.05)
-        return self
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        """SIGTERM, as systemctl stop: the daemon ends cleanly; or SIGKILL, a crash."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            code = self.process.wait(30)
-            assert sig != signal.SIGTERM or code == 0, f"the quota daemon {self.gateway} ended badly: {self.said()}"
-
-    def said(self) -> str:
-        return self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
+        cluster = {**etcd, "gateway": gateway, "timeout": timeout}
+        super().__init__(workdir, {"limit": LIMIT, "ttl": ttl, "backend": "etcd", "etcd": cluster}, gateway)
 
     def client(self, margin: float = MARGIN) -> QuotaClient:
         """A client that gives up `margin` seconds after the daemon's own timeout: an answer comes within it."""

@@ -11,6 +11,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,3 +209,17 @@ class RelayLab:
     def audit(self) -> list[dict]:
         """What the daemons recorded (the writer's own entries left out)."""
         return self.auditd.events() if self.audit_log.exists() else []
+
+
+class Drain:
+    """Read a flow to its end in a thread, counting its bytes (the client of a flow, as idle as it can be)."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.bytes = stream, 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # closed under it at the end
+            while chunk := self.stream.read1(65536):
+                self.bytes += len(chunk)

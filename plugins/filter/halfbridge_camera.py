@@ -24,6 +24,9 @@ description:
     its C(ip) too, since a firewall rule holds addresses.
   - C(halfbridge_referential_entry) gives what annex 4 tells the PP of a camera (id, name, site,
     address, lat, lon, orientation), never its URL or account.
+  - C(halfbridge_camera_recorders) says which gateway of a cluster records each camera first: the
+    camera's C(recorded_by) when the inventory assigns it, otherwise the gateway with the fewest
+    cameras so far (ties to the first in the inventory's order), so that the cameras are balanced.
 """
 
 
@@ -74,10 +77,37 @@ def referential_entry(camera: Mapping) -> dict:
     return {key: camera[key] for key in REFERENTIAL if camera.get(key) not in (None, "")}
 
 
+def camera_recorders(cameras: list, gateways: list) -> dict:
+    """{camera id: gateway}: the inventory's `recorded_by` first, then the rest balanced over the gateways."""
+    gateways = [str(g) for g in gateways or []]
+    if not gateways:
+        raise AnsibleFilterError("the cameras' recorders need at least one gateway (the halfbridge_gateway group)")
+    load = dict.fromkeys(gateways, 0)
+    assigned: dict[str, str] = {}
+    for camera in cameras or []:
+        by = camera.get("recorded_by") if isinstance(camera, Mapping) else None
+        if by is None:
+            continue
+        if by not in load:
+            raise AnsibleFilterError(
+                f"camera {camera.get('id')}: recorded_by names {by!r}, which is not one of the gateways "
+                f"({', '.join(gateways)})"
+            )
+        assigned[str(camera["id"])] = by
+        load[by] += 1
+    for camera in cameras or []:
+        if str(camera["id"]) not in assigned:
+            by = min(gateways, key=lambda g: (load[g], gateways.index(g)))
+            assigned[str(camera["id"])] = by
+            load[by] += 1
+    return assigned
+
+
 class FilterModule:
     def filters(self) -> dict:
         return {
             "halfbridge_camera_url": camera_url,
             "halfbridge_camera_endpoints": camera_endpoints,
             "halfbridge_referential_entry": referential_entry,
+            "halfbridge_camera_recorders": camera_recorders,
         }

@@ -185,6 +185,17 @@ ORDER = {
 TODAY = "2027-06-01"
 
 
+def test_cameras_are_recorded_where_the_inventory_says_and_the_rest_balanced_over_the_gateways():
+    recorders = load("halfbridge_camera").camera_recorders
+    cameras = [{"id": "cam-01"}, {"id": "cam-02", "recorded_by": "gw1"}, {"id": "cam-03"}, {"id": "cam-04"}]
+    assert recorders(cameras, ["gw1", "gw2"]) == {"cam-02": "gw1", "cam-01": "gw2", "cam-03": "gw1", "cam-04": "gw2"}
+    assert set(recorders([{"id": "cam-01"}, {"id": "cam-03"}], ["gw"]).values()) == {"gw"}
+    with pytest.raises(AnsibleFilterError, match="cam-02: recorded_by names 'gw1', which is not one of the gateways"):
+        recorders(cameras, ["gw"])
+    with pytest.raises(AnsibleFilterError, match="at least one gateway"):
+        recorders(cameras, [])
+
+
 def test_another_partners_convention_has_no_problem():
     assert conv.convention_problems(CONVENTION, TODAY) == []
     assert conv.authorization_problems([ORDER], CAMERAS, TODAY) == {

@@ -230,7 +230,7 @@ def opposed(annex_update, informed) -> subprocess.CompletedProcess:
     extra = {
         **annex_update,
         "halfbridge_changes": [*annex_update["halfbridge_changes"], tls],
-        "stream_relay_tls_certificate": (pki / "audit-forwarder.crt").read_text(),  # another certificate
+        "stream_relay_tls_certificate": (pki / "audit-forwarder-gw.crt").read_text(),  # another certificate
         "opposition_received_on": ago(0),
         "opposition_by": "Centre de supervision PVPP",
         "opposition_reason": "Caméra hors du périmètre de l'arrêté",

@@ -25,6 +25,11 @@ transcoding); its sound never is (video-protection concerns images), which the
 status says once. When ffmpeg fails, the reason given (status, log, history) is
 its first error since the recording was last fine, not its last line, which is
 usually only the consequence ("Conversion failed!").
+
+With `cluster`, several gateways run a recorder for the camera and only the one holding the camera's
+lease in etcd records it (`halfbridge.camera_lease`): the others stand by; a holder that cannot renew its
+lease in time stops ffmpeg at once and stands by, and one stopped by SIGTERM revokes its lease so that
+another gateway takes the camera at once.
 """
 
 from __future__ import annotations
@@ -46,7 +51,9 @@ from pathlib import Path
 
 from halfbridge import media, ts
 from halfbridge.audit import AuditClient, AuditError
+from halfbridge.camera_lease import CameraLease, LeaseConfig
 from halfbridge.config import load_or_exit
+from halfbridge.etcd_sync import SyncEtcd
 from halfbridge.live import LiveTap
 from halfbridge.metrics import family, label, write_textfile
 from halfbridge.store import CAMERA_ID_RE, Segment, Store, check_camera_id, iso, segment_day, segment_time, utc
@@ -80,6 +87,9 @@ class RecorderConfig:
     # node_exporter's textfile directory (halfbridge.metrics.TEXTFILE_DIR on a gateway), where the camera's
     # metrics go; None: no metrics file (tests of the recorder alone).
     metrics_dir: Path | None = None
+    # In a cluster: etcd, this gateway's name, the lease's ttl and whether this gateway is the camera's preferred
+    # one (`camera_lease.LeaseConfig`); None: this gateway alone records the camera, as it always did.
+    cluster: LeaseConfig | None = None
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> RecorderConfig:
@@ -98,6 +108,11 @@ class RecorderConfig:
                 f"halfbridge-recorder: {path}: segment_seconds must be at least 2, watchdog_seconds positive, "
                 "and backoff_cap at least backoff_initial"
             )
+        if config.cluster is not None:
+            try:
+                config.cluster = LeaseConfig.parse(config.cluster)
+            except ValueError as exc:
+                raise SystemExit(f"halfbridge-recorder: {path}: cluster: {exc}") from None
         return config
 
 
@@ -144,7 +159,7 @@ class Run:
 
 
 class Recorder:
-    def __init__(self, config: RecorderConfig, clock=time.time, sleep=time.sleep) -> None:
+    def __init__(self, config: RecorderConfig, clock=time.time, sleep=time.sleep, lease: CameraLease | None = None):
         check_camera_id(config.camera)  # it names files below state_dir and metrics_dir
         self.config = config
         self.store = Store(config.store_root)
@@ -173,6 +188,13 @@ class Recorder:
         self.metrics_failing = False  # the last write of the metrics file failed (said once)
         self.last_end: float | None = None  # end of the camera's last indexed segment, this run or before
         self.stopped_at: float | None = None  # when a SIGTERM or SIGINT stopped the recorder
+        self.lease = lease
+        self.shown_holder: str | None = None  # the holder the status file names
+        if self.lease is None and config.cluster is not None:
+            self.lease = CameraLease(config.camera, config.cluster, SyncEtcd(config.cluster.settings()))
+        if self.lease is not None:
+            self.lease.on_held, self.lease.on_released = self.took, self.gave_up
+            self.state = "standby"  # until this gateway holds the camera
 
     # -- lifecycle -------------------------------------------------------
 
@@ -197,10 +219,13 @@ class Recorder:
             # Fast while a run starts (to anchor it), then once a second: a finished
             # segment waits at most that long for its index line.
             settling = self.run is not None and self.run.anchor_samples < _ANCHOR_SAMPLES
-            self.sleep(0.05 if settling else 1.0)
+            pause = 0.05 if settling else 1.0
+            self.sleep(pause if self.lease is None else max(0.05, min(pause, self.lease.due_in())))
         if self.run is not None:
             self.stop_run("the recorder is stopping")
             self.run_ended(self.clock(), "the recorder is stopping")
+        if self.lease is not None:
+            self.lease.release("the recorder is stopping")  # once ffmpeg is stopped: never two recording
         if self.live is not None:
             self.live.close()
         self.stopped_at = self.clock()
@@ -212,6 +237,10 @@ class Recorder:
 
     def step(self) -> None:
         """One turn of the supervision loop."""
+        if self.lease is not None and not self.lease.step():
+            if self.lease.holder != self.shown_holder:
+                self.write_status()  # which gateway records the camera, as the status says it
+            return  # another gateway records the camera (or etcd cannot say which): stand by
         now = self.clock()
         try:
             if now - self.days_ensured >= 60:
@@ -385,19 +414,19 @@ class Recorder:
             return
         self.store.append(self.config.camera, day, Segment(round(start, 3), round(end, 3), size, name, flags))
 
-    def stop_run(self, why: str) -> None:
-        """Stop ffmpeg; `run_ended` then indexes what it finished."""
+    def stop_run(self, why: str, grace: float = 5.0) -> None:
+        """Stop ffmpeg, killed if it takes more than `grace` seconds; `run_ended` then indexes what it finished."""
         run = self.run
         if run.process.poll() is None:
             run.process.send_signal(signal.SIGINT)  # ffmpeg finishes the segment and its list entry
             try:
-                run.process.wait(timeout=5)
+                run.process.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 run.process.kill()
                 run.process.wait(timeout=5)
         log.debug("camera %s: ffmpeg stopped: %s", self.config.camera, why)
 
-    def run_ended(self, now: float, why: str) -> None:
+    def run_ended(self, now: float, why: str, standing_by: bool = False) -> None:
         run = self.run
         self.run = None
         if run.anchor is not None:
@@ -406,7 +435,7 @@ class Recorder:
         with run.lock:
             reason = run.first_error or run.last_warning or why
             answered = run.answered
-        if self.stopping:
+        if self.stopping or standing_by:
             return
         if now - run.started >= self.config.stable_seconds and run.segments > 0:
             self.backoff.reset()
@@ -414,6 +443,33 @@ class Recorder:
         self.next_start = now + delay
         self.restarts += 1
         self.went_down(now, reason, delay, answered)
+
+    # -- the camera's lease, in a cluster ----------------------------------
+
+    def took(self, since: float) -> None:
+        """This gateway holds the camera (since `since`): record it from now on."""
+        gateway = self.config.cluster.gateway
+        log.info("camera %s: this gateway (%s) holds its recording since %s", self.config.camera, gateway, iso(since))
+        self.record("recording.held", gateway=gateway, since=iso(since))
+        self.state, self.down_since, self.last_error = "starting", None, ""
+        self.next_start = 0.0
+        self.backoff.reset()
+        self.write_status()
+
+    def gave_up(self, why: str) -> None:
+        """This gateway no longer holds the camera: ffmpeg stopped at once, what it wrote indexed; stand by."""
+        stopped = self.run is not None
+        if stopped:
+            self.stop_run(why, grace=0.5)  # at once: another gateway may take the camera as soon as the lease expires
+        gateway = self.config.cluster.gateway
+        say = log.info if self.stopping else log.warning
+        say("camera %s: this gateway (%s) no longer records it: %s; standing by", self.config.camera, gateway, why)
+        self.state, self.down_since, self.last_error = "standby", None, ""
+        self.write_status()
+        self.record("recording.released", gateway=gateway, reason=why)
+        if stopped:
+            self.run_ended(self.clock(), why, standing_by=True)  # indexes what ffmpeg wrote
+            self.write_metrics()
 
     # -- state and reports -----------------------------------------------
 
@@ -499,6 +555,15 @@ class Recorder:
             "audio": None if self.audio is None else ("none" if self.audio == "none" else f"dropped ({self.audio})"),
             "updated": iso(self.clock()),
         }
+        if self.lease is not None:
+            self.shown_holder = self.lease.holder
+            # holder: this gateway records the camera; standby: `holder` does (None: no one, or etcd cannot say).
+            status["cluster"] = {
+                "gateway": self.config.cluster.gateway,
+                "role": "holder" if self.lease.held else "standby",
+                "holder": self.lease.holder,
+                "held_since": iso(self.lease.since) if self.lease.held else None,
+            }
         # Readable by the recorder's group: the relay shows the state and the error in /v1/cameras.
         media.write_private(self.status_path, json.dumps(status, indent=1) + "\n", mode=0o640)
         self.write_metrics()
@@ -508,7 +573,7 @@ class Recorder:
         camera = f'{{camera="{label(self.config.camera)}"}}'
         up = self.state == "recording" and not self.stopping
         down_since = self.down_since if self.state == "down" else None
-        if self.stopping and down_since is None:  # stopped while recording (or starting): not recorded since
+        if self.stopping and down_since is None and self.state != "standby":  # stopped recording (or starting)
             down_since = self.stopped_at if self.stopped_at is not None else self.clock()
         return [
             *family(
@@ -534,6 +599,17 @@ class Recorder:
                 "gauge",
                 "Since when the camera is not recorded, down or stopped (Unix time); absent while it records.",
                 [(camera, f"{down_since:.3f}")] if down_since is not None else [],
+            ),
+            *(
+                family(
+                    "halfbridge_camera_held",
+                    "gauge",
+                    "1 while this gateway holds the camera's lease in the cluster (it records the camera); 0 while it "
+                    "stands by.",
+                    [(camera, int(self.lease.held))],
+                )
+                if self.lease is not None
+                else ()
             ),
         ]
 

@@ -22,6 +22,9 @@ the management network:
   connect, to the first byte, between two chunks). Its bytes are the MPEG-TS the peer's relay reads,
   so the formats (`format=mp4`) are made here as for a local flow. A peer that cannot be reached is a
   502 `camera-unavailable` naming the gateway (its address goes to the log only).
+- `RecorderLookup`: which gateway records a camera now, when the recorders hold their cameras by an etcd
+  lease (`halfbridge.camera_lease`, recording that fails over): the camera's key in etcd, read at most
+  once a second and within a second; the referential's `recorded_by` when etcd cannot say.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ import aiohttp
 from aiohttp import web
 
 from halfbridge.audit import AuditError, clean_text
+from halfbridge.camera_lease import camera_key, holder_of
+from halfbridge.etcd import Etcd, EtcdError, within
 from halfbridge.relay import sources
 from halfbridge.relay.connections import Cuts
 from halfbridge.relay.problems import TS_TYPE, Problem, parameter, parse_time, unrecorded
@@ -330,6 +335,62 @@ def _status(camera: dict) -> dict:
         for key, most in STATUS_SHOWN.items()
     }
     return {"recording": camera.get("recording") is True, **shown}
+
+
+# -- which gateway records a camera now ------------------------------------------------------
+
+
+class RecorderLookup:
+    """Which gateway records a camera now: the holder of its key `<prefix>/<camera>` in etcd ({"gateway", "since"},
+    put by the recorder that holds the camera's lease), read at most once per `fresh` seconds and within `wait`.
+
+    `recorded_by(camera)` answers as `RelayConfig.recorded_by` does (None: this gateway), and falls back to it
+    (the referential's `recorded_by`) when etcd cannot say: no answer in time (no quorum), no holder at this
+    instant (a takeover under way), or a holder that is not one of `gateways` (this one and its peers)."""
+
+    def __init__(
+        self,
+        etcd: Etcd,
+        prefix: str,
+        gateway: str,
+        gateways: set[str],
+        fallback,
+        fresh: float = 1.0,
+        wait: float = 1.0,
+        clock=time.monotonic,
+    ) -> None:
+        self.etcd, self.prefix, self.gateway, self.gateways = etcd, prefix, gateway, gateways | {gateway}
+        self.fallback, self.fresh, self.wait, self.clock = fallback, fresh, wait, clock
+        self._seen: dict[str, tuple[float, str | None]] = {}  # camera -> (when read, its holder or None)
+        self._failing = False
+
+    async def recorded_by(self, camera: dict) -> str | None:
+        holder = await self.holder(camera["id"])
+        if holder is None or holder not in self.gateways:
+            return self.fallback(camera)
+        return None if holder == self.gateway else holder
+
+    async def holder(self, camera_id: str) -> str | None:
+        """The gateway that holds the camera in etcd, as read within the last `fresh` seconds; None when none
+        does or etcd cannot say."""
+        now = self.clock()
+        seen = self._seen.get(camera_id)
+        if seen is not None and now - seen[0] < self.fresh:
+            return seen[1]
+        try:
+            with within(self.wait):
+                found = await self.etcd.range(camera_key(self.prefix, camera_id))
+        except EtcdError as exc:
+            if not self._failing:
+                log.warning("relay: etcd cannot say which gateway records the cameras (%s): the referential says", exc)
+            self._failing = True
+            return None
+        if self._failing:
+            log.info("relay: etcd says again which gateway records the cameras")
+        self._failing = False
+        holder = holder_of(found[0]["value"]).get("gateway") if found else None
+        self._seen[camera_id] = (now, holder)
+        return holder
 
 
 # -- the node listener -----------------------------------------------------------------------

@@ -61,8 +61,25 @@ class Catalog:
 
     def gaps(self, segments: list[Segment], start: float, end: float) -> tuple[list, list]:
         """The recorded spans of [start, end] and the gaps between them (a few seconds of slack)."""
-        tolerance = max(1.0, self.segment_seconds * 0.05)
-        found = [(max(a, start), min(b, end)) for a, b in spans(segments, tolerance)]
+        return self.covered([spans(segments, self.tolerance)], start, end)
+
+    @property
+    def tolerance(self) -> float:
+        return max(1.0, self.segment_seconds * 0.05)
+
+    def covered(self, recorded: list[list[tuple[float, float]]], start: float, end: float) -> tuple[list, list]:
+        """The spans of [start, end] recorded by any of several gateways (each gateway's spans, a list), and the
+        gaps between them: in a cluster a camera's recording moves from one gateway to another when its holder
+        fails (`docs/recorder.md`, "In a cluster"), and each gateway's index has only what it recorded, so the
+        failover's gap is from the old holder's last segment end to the new holder's first segment start."""
+        tolerance = self.tolerance
+        merged: list[list[float]] = []
+        for a, b in sorted(span for spans_ in recorded for span in spans_):
+            if merged and a - merged[-1][1] <= tolerance:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        found = [(max(a, start), min(b, end)) for a, b in merged]
         gaps, cursor = [], start
         for a, b in found:
             if a - cursor > tolerance:

@@ -103,6 +103,15 @@ def test_every_recording_rule_is_evaluated_by_a_test_or_an_alert():
     assert not untested, f"recording rules no test reads: {untested}"
 
 
+def test_the_critical_incidents_delays_are_the_same_on_a_single_gateway_and_in_a_cluster():
+    # The incident's e-mail reads the first rule's `for` and the gateways' staleness
+    # (roles/supervision/tasks/settings.yml): the cluster's rule must agree with them.
+    incidents = [rule for rule in rules() if rule.get("alert") == "HalfbridgeInterconnectDown"]
+    assert len(incidents) == 2 and len({rule["for"] for rule in incidents}) == 1, incidents
+    staleness = re.findall(r"age:seconds <= ([0-9]+)", RULES.read_text(encoding="utf-8"))
+    assert len(staleness) == 2 and len(set(staleness)) == 1, staleness
+
+
 def test_every_alert_says_how_grave_what_and_where_to_read_more():
     headings = {
         re.sub(r"[^a-z0-9 -]", "", line.lstrip("#").strip().lower()).replace(" ", "-")

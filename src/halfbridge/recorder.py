@@ -64,6 +64,9 @@ _PR_SET_PDEATHSIG = 1
 # Progress reports (one every 2 s) whose smallest "wall clock minus muxed time" anchors a
 # run. The anchor is then frozen: every segment of a run is placed with the same one.
 _ANCHOR_SAMPLES = 3
+# In a cluster, the status is written at least this often (seconds): the relay reads from it which gateway records
+# the camera now, and takes a status older than halfbridge.relay.peers.HOLDER_FRESH (5 s) for a recorder stopped.
+STATUS_EVERY = 2.0
 # The head of a run's first segment read for its first frame's timestamps (the tables, then that frame).
 LEAD_READ = 64 << 10
 
@@ -190,6 +193,7 @@ class Recorder:
         self.stopped_at: float | None = None  # when a SIGTERM or SIGINT stopped the recorder
         self.lease = lease
         self.shown_holder: str | None = None  # the holder the status file names
+        self.status_written = 0.0  # when the status was last written (this host's wall clock, as `updated`)
         if self.lease is None and config.cluster is not None:
             self.lease = CameraLease(config.camera, config.cluster, SyncEtcd(config.cluster.settings()))
         if self.lease is not None:
@@ -238,10 +242,12 @@ class Recorder:
     def step(self) -> None:
         """One turn of the supervision loop."""
         if self.lease is not None and not self.lease.step():
-            if self.lease.holder != self.shown_holder:
-                self.write_status()  # which gateway records the camera, as the status says it
+            if self.lease.holder != self.shown_holder or self.clock() - self.status_written >= STATUS_EVERY:
+                self.write_status()  # which gateway records the camera, as the status says it, lately
             return  # another gateway records the camera (or etcd cannot say which): stand by
         now = self.clock()
+        if self.lease is not None and now - self.status_written >= STATUS_EVERY:
+            self.write_status()  # the holder says it still holds the camera
         try:
             if now - self.days_ensured >= 60:
                 self.store.ensure_days(self.config.camera, now)  # today and tomorrow
@@ -555,6 +561,7 @@ class Recorder:
             "audio": None if self.audio is None else ("none" if self.audio == "none" else f"dropped ({self.audio})"),
             "updated": iso(self.clock()),
         }
+        self.status_written = self.clock()
         if self.lease is not None:
             self.shown_holder = self.lease.holder
             # holder: this gateway records the camera; standby: `holder` does (None: no one, or etcd cannot say).

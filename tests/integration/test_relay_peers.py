@@ -9,9 +9,11 @@ authenticates no agent.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -24,17 +26,13 @@ from tests.support.waiting import wait_for
 SIMULATED = "cam-test-01"  # the simulated camera's id (tests.support.camera), started by the tests that need it
 
 
-@pytest.fixture
-def gateways(tmp_path, clips):  # noqa: F811 (the fixture imported above)
-    """gw1 and gw2; the simulated camera and RECORDED are gw2's: recorded there (`gw2.record(camera)`), and only
-    there."""
+@contextlib.contextmanager
+def cluster(tmp_path, cameras: list[dict]) -> Iterator[tuple[RelayLab, RelayLab]]:
+    """gw1 and gw2, each a relay of `cameras` with its quota daemon and audit writer, their node listeners joined
+    by a servers CA of their own; started, and stopped after."""
     servers_dir = tmp_path / "servers"
     servers_dir.mkdir()
     servers = TestCA(servers_dir, cn="Servers CA")
-    cameras = [
-        {"id": SIMULATED, "name": "Simulated", "site": "Test", "recorded_by": "gw2"},
-        {"id": RECORDED, "name": "Recorded", "site": "Test", "recorded_by": "gw2"},
-    ]
     labs = []
     for name in ("gw1", "gw2"):
         (tmp_path / name).mkdir()
@@ -42,7 +40,6 @@ def gateways(tmp_path, clips):  # noqa: F811 (the fixture imported above)
     gw1, gw2 = labs
     gw1.join("gw1", servers, {"gw2": gw2})
     gw2.join("gw2", servers, {"gw1": gw1})
-    gw2.segments = _put_segments(gw2.store, clips, time.time() - 600)
     try:
         gw2.start()
         gw1.start()
@@ -50,6 +47,19 @@ def gateways(tmp_path, clips):  # noqa: F811 (the fixture imported above)
     finally:
         gw1.stop()
         gw2.stop()
+
+
+@pytest.fixture
+def gateways(tmp_path, clips):  # noqa: F811 (the fixture imported above)
+    """gw1 and gw2; the simulated camera and RECORDED are gw2's: recorded there (`gw2.record(camera)`), and only
+    there."""
+    cameras = [
+        {"id": SIMULATED, "name": "Simulated", "site": "Test", "recorded_by": "gw2"},
+        {"id": RECORDED, "name": "Recorded", "site": "Test", "recorded_by": "gw2"},
+    ]
+    with cluster(tmp_path, cameras) as (gw1, gw2):
+        gw2.segments = _put_segments(gw2.store, clips, time.time() - 600)
+        yield gw1, gw2
 
 
 def _flows(lab: RelayLab, event: str) -> list[dict]:
@@ -161,10 +171,15 @@ def test_gw2_stopped_gw1_answers_502_naming_gw2_and_frees_the_slot(gateways):
     assert gw1.get("/v1/flows").json()["in_use"] == 0
     [end] = _flows(gw1, "flow.end")
     assert end["ended"] == sentence and end["bytes"] == 0
+    # What gw2 recorded cannot be listed: gw1 says what it has of the range (nothing), and that gw2's part is missing.
     first = gw2.segments[0]
     recordings = gw1.get(f"/v1/cameras/{RECORDED}/recordings?from={when(first.start)}&to={when(first.end)}")
-    assert recordings.status == 502
-    assert recordings.json()["detail"] == sentence.replace(SIMULATED, RECORDED)
+    assert recordings.status == 200
+    assert recordings.json()["spans"] == [] and len(recordings.json()["gaps"]) == 1
+    assert recordings.json()["missing"] == [{"gateway": "gw2", "detail": sentence.replace(SIMULATED, RECORDED)}]
+    # Nor played: not a "nothing recorded", which gw1 cannot know.
+    playback = gw1.get(f"/v1/cameras/{RECORDED}/playback?from={when(first.start)}&to={when(first.end)}")
+    assert playback.status == 502 and "gateway gw2 cannot be asked what it recorded" in playback.json()["detail"]
     listed = gw1.get("/v1/cameras")
     assert listed.status == 200
     assert {c["state"] for c in listed.json()["cameras"]} == {"unknown"}

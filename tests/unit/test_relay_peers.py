@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import time
 
 import aiohttp
 import pytest
 
 from halfbridge.relay import Problem, Relay, RelayConfig
 from halfbridge.relay.peers import AGENT_HEADER, LEASE_HEADER, PeerClient, peer_context
+from halfbridge.store import iso
 from tests.support.auditd import Auditd
 from tests.support.camera import free_port
 from tests.support.pki import TestCA
@@ -195,6 +197,33 @@ def test_only_the_cameras_recorded_here_are_served(node):
     assert [e["status"] for e in entries] == [404, 404, 200, 200]
     assert {(e["gateway"], e["agent"]) for e in entries} == {("gw1-node", "agent-dupont")}
     assert node.auditd.events("auth.") == []  # the agent is not authenticated again here
+
+
+def test_recordings_of_any_camera_are_served_and_live_only_of_the_cameras_recorded_here_now(node, tmp_path):
+    # Recording fails over: the cameras' recorders here say gw1 holds HERE now, and gw2 (this gateway) THERE.
+    node.catalog.state_dir = tmp_path / "recorder"
+    node.catalog.state_dir.mkdir()
+    for camera, holder in ((HERE, "gw1"), (THERE, "gw2")):
+        status = {"camera": camera, "updated": iso(time.time()), "cluster": {"gateway": "gw2", "holder": holder}}
+        (node.catalog.state_dir / f"{camera}.status.json").write_text(json.dumps(status))
+
+    async def ask():
+        async with _client(node) as session:
+            base = f"{node.url}/node/v1/cameras"
+            when = "from=2026-01-01T00:00:00Z&to=2026-01-01T00:01:00Z"
+            return [
+                await _get(session, f"{base}/{HERE}/live", _agent("00aa11bb22cc33dd")),
+                await _get(session, f"{base}/{HERE}/recordings?{when}", _agent()),
+                await _get(session, f"{base}/{THERE}/recordings?{when}", _agent()),
+                await _get(session, f"{base}/{THERE}/playback?{when}", _agent("00aa11bb22cc33dd")),
+                await _get(session, base, _agent()),
+            ]
+
+    (live, here, there, played, listed) = asyncio.run(_with_node(node, ask))
+    assert live[0] == 404 and live[1]["detail"] == f"camera {HERE} is not recorded on gateway gw2"
+    assert (here[0], there[0]) == (200, 200) and here[1]["spans"] == there[1]["spans"] == []  # nothing stored here
+    assert played[0] == 404 and played[1]["type"].endswith("no-recording")  # asked, found nothing here
+    assert listed[0] == 200 and [camera["id"] for camera in listed[1]["cameras"]] == [THERE]
 
 
 @pytest.mark.parametrize(

@@ -55,12 +55,12 @@ from halfbridge.relay.connections import Connection, Cuts
 from halfbridge.relay.flows import Flows
 from halfbridge.relay.identity import Gate
 from halfbridge.relay.metrics import Metrics
-from halfbridge.relay.peers import NODE_HEADER_BYTES, NODE_HEADERS, NodeRoutes, PeerClient
+from halfbridge.relay.peers import NODE_HEADER_BYTES, NODE_HEADERS, NodeRoutes, PeerClient, RecorderLookup
 from halfbridge.relay.problems import Problem, parameter, parse_time, stream_format, unrecorded
-from halfbridge.relay.recordings import Catalog
+from halfbridge.relay.recordings import Catalog, parts
 from halfbridge.relay.requests import RECORDED, RequestRoutes
 from halfbridge.relay.trust import TrustKeeper, utc
-from halfbridge.store import CAMERA_ID_RE, Store, iso
+from halfbridge.store import CAMERA_ID_RE, Store, iso, spans
 from halfbridge.tls import TLSSite
 
 log = logging.getLogger("halfbridge.relay")
@@ -106,6 +106,14 @@ class Relay:
         # A cluster's gateways: the peers this relay reads cameras from, and its node listener for theirs.
         self.peers = PeerClient(config.peers, config.node_tls_certificate, config.node_tls_key, config.node_client_ca)
         self.node = NodeRoutes(self) if config.node_port is not None else None
+        # Which gateway records a camera now: as its recorder here says (recording that fails over), else the
+        # referential. A single gateway records all its cameras.
+        others = {peer["name"] for peer in config.peers}
+        self.lookup = (
+            RecorderLookup(self.catalog, config.gateway, others, config.recorded_by, clock=clock)
+            if config.gateway
+            else None
+        )
 
     # -- the applications --------------------------------------------------
 
@@ -249,6 +257,10 @@ class Relay:
             raise Problem(404, "unknown-camera", f"there is no camera {camera_id} in the referential (see /v1/cameras)")
         return camera
 
+    async def recorded_by(self, camera: dict) -> str | None:
+        """The gateway that records the camera now, None for this one (`RecorderLookup`)."""
+        return self.config.recorded_by(camera) if self.lookup is None else await self.lookup.recorded_by(camera)
+
     async def _range(self, request: web.Request, camera_id: str) -> tuple[float, float]:
         start = parse_time("from", parameter(request, "from"))
         end = parse_time("to", parameter(request, "to"))
@@ -319,11 +331,12 @@ class Relay:
         now = self.clock()
         agent = request["who"]["agent"]
         # What each peer says of the cameras it records, asked of all at once (each within a few seconds).
-        others = sorted({self.config.recorded_by(camera) for camera in self.cameras.values()} - {None})
+        by = {camera_id: await self.recorded_by(camera) for camera_id, camera in self.cameras.items()}
+        others = sorted(set(by.values()) - {None})
         said = dict(zip(others, await asyncio.gather(*(self.peers.statuses(g, agent) for g in others)), strict=True))
         listed = []
         for camera_id, camera in self.cameras.items():
-            gateway = self.config.recorded_by(camera)
+            gateway = by[camera_id]
             if gateway is None:
                 listed.append(await self.camera_status(camera_id, camera, now))
                 continue
@@ -361,14 +374,49 @@ class Relay:
             "recorded_seconds": round(sum(b - a for a, b in found), 3),
         }
 
+    async def recorded(self, camera_id: str, start: float, end: float, agent: str) -> tuple[dict, dict[str, str]]:
+        """What each gateway of the cluster recorded of a range, its spans by gateway (None for this one), and the
+        gateways that could not say (why, a sentence for the PP): in a cluster a camera's recording moves from one
+        gateway to another when its holder fails, and each gateway's store has only what it recorded."""
+        segments = await asyncio.to_thread(self.catalog.segments, camera_id, start, end)
+        recorded: dict[str | None, list[tuple[float, float]]] = {None: spans(segments, self.catalog.tolerance)}
+        names = [peer["name"] for peer in self.config.peers]
+        asked = (self.peers.recordings(gateway, camera_id, start, end, agent) for gateway in names)
+        missing = {}
+        for gateway, answer in zip(names, await asyncio.gather(*asked, return_exceptions=True), strict=True):
+            if isinstance(answer, Problem):
+                missing[gateway] = answer.detail
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:  # times the peer client checked
+                recorded[gateway] = [
+                    (parse_time("from", s["from"]), parse_time("to", s["to"])) for s in answer["spans"]
+                ]
+        return recorded, missing
+
+    def _missing(self, camera_id: str, missing: dict[str, str]) -> list[dict]:
+        for gateway, why in missing.items():
+            log.warning("relay: what gateway %s recorded of camera %s is missing: %s", gateway, camera_id, why)
+        return [{"gateway": gateway, "detail": why} for gateway, why in missing.items()]
+
     async def recordings(self, request: web.Request) -> web.Response:
         camera = self._camera(request)
         start, end = await self._range(request, camera["id"])
-        gateway = self.config.recorded_by(camera)
-        if gateway is None:
+        if not self.config.peers:
             answer = await self.recordings_of(camera["id"], start, end)
         else:
-            answer = await self.peers.recordings(gateway, camera["id"], start, end, request["who"]["agent"])
+            recorded, missing = await self.recorded(camera["id"], start, end, request["who"]["agent"])
+            found, gaps = self.catalog.covered(list(recorded.values()), start, end)
+            answer = {
+                "camera": camera["id"],
+                "from": iso(start),
+                "to": iso(end),
+                "spans": [{"from": iso(a), "to": iso(b)} for a, b in found],
+                "gaps": [{"from": iso(a), "to": iso(b)} for a, b in gaps],
+                "recorded_seconds": round(sum(b - a for a, b in found), 3),
+                # The gateways that could not be asked: what they recorded is not listed, and shows as gaps.
+                "missing": self._missing(camera["id"], missing),
+            }
         await self._record(request, 200, camera=camera["id"], range=[iso(start), iso(end)])
         return web.json_response(answer)
 
@@ -391,7 +439,7 @@ class Relay:
     async def live(self, request: web.Request) -> web.StreamResponse:
         camera = self._camera(request)
         container = stream_format(request)
-        gateway = self.config.recorded_by(camera)
+        gateway = await self.recorded_by(camera)
         if gateway is None:
             source = sources.live(self.config.live_dir, camera["id"])
             return await self.flows.run(request, camera["id"], "live", {"format": container}, source)
@@ -410,9 +458,8 @@ class Relay:
         if pace not in ("realtime", "fast"):
             raise Problem(400, "malformed-request", "`pace` is realtime (the default) or fast (for an export)")
         container = stream_format(request)
-        gateway = self.config.recorded_by(camera)
-        if gateway is not None:
-            return await self._peer_playback(request, camera["id"], gateway, start, end, pace, container)
+        if self.config.peers:
+            return await self._cluster_playback(request, camera["id"], start, end, pace, container)
         segments = await asyncio.to_thread(self.catalog.playback_segments, camera["id"], start, end)
         if not any(segment.end > start and segment.start < end for segment in segments):
             raise Problem(
@@ -427,27 +474,66 @@ class Relay:
         source = sources.recorded(self.store, camera["id"], segments, start, end, pace == "realtime")
         return await self.flows.run(request, camera["id"], "playback", fields, source, headers)
 
-    async def _peer_playback(
-        self, request: web.Request, camera_id: str, gateway: str, start: float, end: float, pace: str, container: str
+    async def _cluster_playback(
+        self, request: web.Request, camera_id: str, start: float, end: float, pace: str, container: str
     ) -> web.StreamResponse:
-        """A range of a camera recorded by a peer: its spans and gaps asked first (nothing recorded is a 404 before
-        any slot is taken), then its bytes from the peer's node endpoint, with the flow's lease."""
+        """A range of a camera in a cluster: what each gateway recorded of it asked first (nothing recorded is a 404
+        before any slot is taken), then each gateway's part in time order, this gateway's read here, another's from
+        its node endpoint with the flow's lease. A failover's gap is played as any gap is."""
         agent = request["who"]["agent"]
-        recorded = await self.peers.recordings(gateway, camera_id, start, end, agent)
-        if not recorded["spans"]:
-            raise Problem(404, "no-recording", f"camera {camera_id} recorded nothing from {iso(start)} to {iso(end)}")
+        recorded, missing = await self.recorded(camera_id, start, end, agent)
+        found, gaps = self.catalog.covered(list(recorded.values()), start, end)
+        nothing = f"camera {camera_id} recorded nothing from {iso(start)} to {iso(end)}"
+        if not found and not missing:
+            raise Problem(404, "no-recording", nothing)
+        if not found:  # what the others recorded cannot be known: not a "nothing recorded"
+            raise Problem(
+                502,
+                "camera-unavailable",
+                f"{nothing} on this gateway, and gateway {', '.join(missing)} cannot be asked what it recorded right "
+                "now; try again later",
+            )
+        cut = parts(recorded, start, end)
         headers = {
-            "X-Halfbridge-Spans": ", ".join(f"{span['from']}/{span['to']}" for span in recorded["spans"]),
-            "X-Halfbridge-Gaps": ", ".join(f"{gap['from']}/{gap['to']}" for gap in recorded["gaps"]) or "none",
+            "X-Halfbridge-Spans": ", ".join(f"{iso(a)}/{iso(b)}" for a, b in found),
+            "X-Halfbridge-Gaps": ", ".join(f"{iso(a)}/{iso(b)}" for a, b in gaps) or "none",
         }
-        fields = {"range": [iso(start), iso(end)], "pace": pace, "gaps": len(recorded["gaps"]), "format": container}
-        fields["recorded_by"] = gateway
-        query = {"from": iso(start), "to": iso(end), "pace": pace}
+        if missing:  # the gateways whose part of the range is not in the flow (shown as gaps)
+            headers["X-Halfbridge-Missing"] = ", ".join(entry["gateway"] for entry in self._missing(camera_id, missing))
+        fields = {"range": [iso(start), iso(end)], "pace": pace, "gaps": len(gaps), "format": container}
+        by = list(dict.fromkeys(gateway for gateway, _a, _b in cut))
+        if by != [None]:
+            fields["recorded_by"] = ", ".join(gateway or self.config.gateway for gateway in by)
 
         def source(lease: str):
-            return self.peers.stream(gateway, camera_id, "playback", query, agent, lease)
+            return self._parts(camera_id, cut, pace, agent, lease)
 
         return await self.flows.run(request, camera_id, "playback", fields, source, headers)
+
+    async def _parts(self, camera_id: str, cut: list[tuple], pace: str, agent: str, lease: str):
+        """The parts of a range, one after the other; a part that cannot be had is left out (its gateway said
+        in the log), and when none can, the first refusal is the flow's."""
+        refused, sent = None, False
+        for gateway, a, b in cut:
+            if gateway is None:
+                segments = await asyncio.to_thread(self.catalog.playback_segments, camera_id, a, b)
+                part = sources.recorded(self.store, camera_id, segments, a, b, pace == "realtime")
+            else:
+                query = {"from": iso(a), "to": iso(b), "pace": pace}
+                part = self.peers.stream(gateway, camera_id, "playback", query, agent, lease)
+            try:
+                async for chunk in part:
+                    sent = True
+                    yield chunk
+            except Problem as problem:  # before the part's first byte: its part is missing from the flow
+                log.warning(
+                    "playback %s: the part from %s to %s is left out: %s", camera_id, iso(a), iso(b), problem.detail
+                )
+                refused = refused or problem
+            finally:
+                await part.aclose()
+        if not sent and refused is not None:
+            raise refused
 
     # -- the convention's end (article 11), suspension (article 8) and the PKI's changes --
 

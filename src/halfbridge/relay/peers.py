@@ -11,20 +11,26 @@ the management network:
     GET /node/v1/cameras/{id}/recordings?from=&to=         recorded spans and gaps of a range
 
 - `NodeRoutes`, the node listener: mutual TLS with the partner's servers CA (`node_client_ca`), only
-  the peers named in `node_peers` (their certificate's common name), only the cameras recorded here
-  (404 otherwise). The asking relay names the agent and the flow's lease in two headers, bounded and
-  checked; the agent is not authorised again, and no quota slot is taken: the first relay admitted
-  the agent and holds the slot. Each flow is recorded here too (`node.flow.start`, `node.flow.end`,
-  naming the peer gateway, the agent and the lease), every other answer as `node.request`; nothing is
-  served unrecorded. At most `node_max_flows` flows of one peer at once.
+  the peers named in `node_peers` (their certificate's common name); the live stream of the cameras
+  recorded here now only (404 otherwise), the recordings and playback of any camera of the referential
+  (what this gateway recorded of it, maybe nothing). The asking relay names the agent and the flow's
+  lease in two headers, bounded and checked; the agent is not authorised again, and no quota slot is
+  taken: the first relay admitted the agent and holds the slot. Each flow is recorded here too
+  (`node.flow.start`, `node.flow.end`, naming the peer gateway, the agent and the lease), every other
+  answer as `node.request`; nothing is served unrecorded. At most `node_max_flows` flows of one peer at once.
 - `PeerClient`, the asking side: the peer's node endpoint read through aiohttp with this gateway's
   node certificate, the peer's checked against the servers CA and its address; bounded in time (to
   connect, to the first byte, between two chunks). Its bytes are the MPEG-TS the peer's relay reads,
   so the formats (`format=mp4`) are made here as for a local flow. A peer that cannot be reached is a
   502 `camera-unavailable` naming the gateway (its address goes to the log only).
 - `RecorderLookup`: which gateway records a camera now, when the recorders hold their cameras by an etcd
-  lease (`halfbridge.camera_lease`, recording that fails over): the camera's key in etcd, read at most
-  once a second and within a second; the referential's `recorded_by` when etcd cannot say.
+  lease (`halfbridge.camera_lease`, recording that fails over): the holder this gateway's recorder of the
+  camera names in its status, if it wrote it within `HOLDER_FRESH` seconds; the referential's `recorded_by`
+  otherwise. The relay holds no etcd credential.
+
+Since a camera's recording moves from one gateway to another when its holder fails, each gateway's store
+holds the parts it recorded: a camera's recordings and playback are asked of every gateway of the cluster
+(`Relay.recorded`), its live stream of the one that records it now.
 """
 
 from __future__ import annotations
@@ -45,8 +51,6 @@ import aiohttp
 from aiohttp import web
 
 from halfbridge.audit import AuditError, clean_text
-from halfbridge.camera_lease import camera_key, holder_of
-from halfbridge.etcd import Etcd, EtcdError, within
 from halfbridge.relay import sources
 from halfbridge.relay.connections import Cuts
 from halfbridge.relay.problems import TS_TYPE, Problem, parameter, parse_time, unrecorded
@@ -55,6 +59,7 @@ from halfbridge.tls import CIPHERS, describe
 
 if TYPE_CHECKING:
     from halfbridge.relay.app import Relay
+    from halfbridge.relay.recordings import Catalog
 
 log = logging.getLogger("halfbridge.relay")
 
@@ -75,6 +80,9 @@ MAX_PROBLEM = 16384  # bytes of a peer's refusal
 # Who asks the node listener: the peer gateway (its certificate's common name), the agent, the camera.
 ASKING = web.RequestKey("node", dict)
 # What of a peer's camera status reaches the PP (halfbridge.relay.recordings.STATUS_FIELDS), and how long.
+# How old a recorder's status may be and still say which gateway records its camera: in a cluster each recorder
+# writes it at least every 2 s (`docs/recorder.md`, "In a cluster"); older, its recorder is stopped or hangs.
+HOLDER_FRESH = 5.0
 STATUS_SHOWN = {"state": 32, "down_since": 32, "last_error": 512, "video": 256, "audio": 128, "last_recorded": 40}
 
 
@@ -341,56 +349,35 @@ def _status(camera: dict) -> dict:
 
 
 class RecorderLookup:
-    """Which gateway records a camera now: the holder of its key `<prefix>/<camera>` in etcd ({"gateway", "since"},
-    put by the recorder that holds the camera's lease), read at most once per `fresh` seconds and within `wait`.
+    """Which gateway records a camera now, as this gateway's recorder of the camera last said it, without etcd in
+    the relay (it faces the PP, and holds no etcd credential): in a cluster every gateway runs a recorder for every
+    camera, and each writes in its status which gateway holds the camera's lease (`cluster.holder`,
+    `halfbridge.camera_lease`), looking at etcd every second while it stands by.
 
     `recorded_by(camera)` answers as `RelayConfig.recorded_by` does (None: this gateway), and falls back to it
-    (the referential's `recorded_by`) when etcd cannot say: no answer in time (no quorum), no holder at this
-    instant (a takeover under way), or a holder that is not one of `gateways` (this one and its peers)."""
+    (the referential's `recorded_by`) when the status cannot say: missing or unreadable (no recorder here, or
+    not in a cluster), written more than `fresh` seconds ago (its recorder stopped or hangs), naming no holder
+    (a takeover under way, or etcd cannot say) or a gateway that is not one of `gateways` (this one and its
+    peers)."""
 
     def __init__(
-        self,
-        etcd: Etcd,
-        prefix: str,
-        gateway: str,
-        gateways: set[str],
-        fallback,
-        fresh: float = 1.0,
-        wait: float = 1.0,
-        clock=time.monotonic,
+        self, catalog: Catalog, gateway: str, gateways: set[str], fallback, fresh: float = HOLDER_FRESH, clock=time.time
     ) -> None:
-        self.etcd, self.prefix, self.gateway, self.gateways = etcd, prefix, gateway, gateways | {gateway}
-        self.fallback, self.fresh, self.wait, self.clock = fallback, fresh, wait, clock
-        self._seen: dict[str, tuple[float, str | None]] = {}  # camera -> (when read, its holder or None)
-        self._failing = False
+        self.catalog, self.gateway, self.gateways = catalog, gateway, gateways | {gateway}
+        self.fallback, self.fresh, self.clock = fallback, fresh, clock
+
+    def holder(self, camera_id: str) -> str | None:
+        """The gateway the camera's recorder here says holds it, if it said so within `fresh` seconds; else None."""
+        holder, said = self.catalog.holder(camera_id)
+        if holder is None or said is None or abs(self.clock() - said) > self.fresh or holder not in self.gateways:
+            return None
+        return holder
 
     async def recorded_by(self, camera: dict) -> str | None:
-        holder = await self.holder(camera["id"])
-        if holder is None or holder not in self.gateways:
+        holder = await asyncio.to_thread(self.holder, camera["id"])
+        if holder is None:
             return self.fallback(camera)
         return None if holder == self.gateway else holder
-
-    async def holder(self, camera_id: str) -> str | None:
-        """The gateway that holds the camera in etcd, as read within the last `fresh` seconds; None when none
-        does or etcd cannot say."""
-        now = self.clock()
-        seen = self._seen.get(camera_id)
-        if seen is not None and now - seen[0] < self.fresh:
-            return seen[1]
-        try:
-            with within(self.wait):
-                found = await self.etcd.range(camera_key(self.prefix, camera_id))
-        except EtcdError as exc:
-            if not self._failing:
-                log.warning("relay: etcd cannot say which gateway records the cameras (%s): the referential says", exc)
-            self._failing = True
-            return None
-        if self._failing:
-            log.info("relay: etcd says again which gateway records the cameras")
-        self._failing = False
-        holder = holder_of(found[0]["value"]).get("gateway") if found else None
-        self._seen[camera_id] = (now, holder)
-        return holder
 
 
 # -- the node listener -----------------------------------------------------------------------
@@ -494,12 +481,18 @@ class NodeRoutes:
             )
         return said[0]
 
-    def _camera(self, request: web.Request) -> str:
+    async def _camera(self, request: web.Request, now: bool = False) -> str:
+        """The camera asked, of the referential; with `now`, one that this gateway records now (any gateway may
+        hold past recordings of any camera: its recordings and playback are asked of each)."""
         camera_id = request.match_info["id"]
         if not CAMERA_ID_RE.match(camera_id):
             raise Problem(400, "malformed-request", "a camera id is 1 to 64 lower-case letters, digits, - and _")
         camera = self.relay.cameras.get(camera_id)
-        if camera is None or self.config.recorded_by(camera) is not None:
+        if camera is None:
+            raise Problem(
+                404, "unknown-camera", f"there is no camera {camera_id} in gateway {self.config.gateway}'s referential"
+            )
+        if now and await self.relay.recorded_by(camera) is not None:
             raise Problem(404, "unknown-camera", f"camera {camera_id} is not recorded on gateway {self.config.gateway}")
         request[ASKING]["camera"] = camera_id
         return camera_id
@@ -570,26 +563,26 @@ class NodeRoutes:
         listed = [
             await self.relay.camera_status(camera_id, camera, now)
             for camera_id, camera in self.relay.cameras.items()
-            if self.config.recorded_by(camera) is None
+            if await self.relay.recorded_by(camera) is None
         ]
         await self._record(request, 200)
         return web.json_response({"gateway": self.config.gateway, "cameras": listed})
 
     async def recordings(self, request: web.Request) -> web.Response:
-        camera_id = self._camera(request)
+        camera_id = await self._camera(request)
         start, end = self._range(request)
         answer = await self.relay.recordings_of(camera_id, start, end)
         await self._record(request, 200, camera=camera_id, range=[iso(start), iso(end)])
         return web.json_response(answer)
 
     async def live(self, request: web.Request) -> web.StreamResponse:
-        camera_id = self._camera(request)
+        camera_id = await self._camera(request, now=True)
         lease = self._lease(request)
         live_dir = self.config.live_dir
         return await self._flow(request, camera_id, "live", lease, {}, lambda: sources.live(live_dir, camera_id))
 
     async def playback(self, request: web.Request) -> web.StreamResponse:
-        camera_id = self._camera(request)
+        camera_id = await self._camera(request)
         lease = self._lease(request)
         start, end = self._range(request)
         pace = parameter(request, "pace") or "realtime"

@@ -20,6 +20,9 @@ description:
     ones that are not, CRLs current and the next nextUpdate, the open incident and its
     deadline, the retention's last run, the disk, the clock and the history's chain; then, per
     gateway, each sentence of its C(attention) list, or why its status could not be read.
+  - In a cluster (a gateway's report has its C(cluster) part), a CLUSTER column says etcd's quorum and
+    which gateway holds the PP's address, and the table says when no gateway that answered holds it, or
+    more than one.
   - C(halfbridge_status_summary) gives one gateway's line as a mapping of those columns.
 """
 
@@ -110,7 +113,7 @@ def summary(gateway: str, report: Mapping) -> dict:
         disk += " SHORT"
     synchronised = clock.get("synchronised")
     clock_cell = "synchronised" if synchronised is True else "NOT SYNC" if synchronised is False else "unknown"
-    return {
+    line = {
         "gateway": _clean(gateway, 64),
         "status": "ok" if report.get("ok") is True else "ATTENTION",
         "flows": _or_error(flows, f"{_count(flows.get('in_use'))}/{_count(flows.get('limit'))}"),
@@ -123,6 +126,35 @@ def summary(gateway: str, report: Mapping) -> dict:
         "clock": _or_error(clock, clock_cell),
         "chain": _or_error(history, _clean(history.get("chain"), 16) if history.get("chain") else "?"),
     }
+    if isinstance(report.get("cluster"), Mapping):  # a gateway of a cluster; a single gateway's line is unchanged
+        line["cluster"] = _or_error(_part(report, "cluster"), _cluster_cell(_part(report, "cluster")))
+    return line
+
+
+def _cluster_cell(part: Mapping) -> str:
+    healthy = f"{_count(part.get('members_healthy'))}/{_count(part.get('members_total'))}"
+    cell = f"quorum {healthy}" if part.get("quorum") is True else f"NO QUORUM {healthy}"
+    return cell + (", holds VIP" if part.get("vip_held_here") is True else "")
+
+
+def _vip_holders(reports: dict[str, Mapping]) -> list[str]:
+    """What the table says of the PP's address: no gateway that answered holds it, or more than one."""
+    parts = {gateway: _part(report, "cluster") for gateway, report in reports.items() if "cluster" in report}
+    addresses = sorted({_clean(part.get("vip"), 64) for part in parts.values() if part.get("vip")})
+    if not addresses:
+        return []
+    holders = [gateway for gateway, part in parts.items() if part.get("vip_held_here") is True]
+    if not holders:
+        return [
+            f"cluster: no gateway that answered holds the PP's address {', '.join(addresses)}: "
+            "the PP cannot reach the cluster (docs/vip.md)"
+        ]
+    if len(holders) > 1:
+        return [
+            f"cluster: {' and '.join(holders)} each hold the PP's address {', '.join(addresses)}: "
+            "VRRP between them is broken (docs/vip.md)"
+        ]
+    return []
 
 
 def _read(result: object) -> tuple[Mapping | None, str | None]:
@@ -150,7 +182,7 @@ def status_table(results: Mapping) -> str:
     """The table of every gateway (sorted by name), then what needs attention on each."""
     if not isinstance(results, Mapping):
         return "no gateway answered"
-    rows, notes = [], []
+    rows, notes, reports = [], [], {}
     for gateway in sorted(results, key=str):
         report, problem = _read(results[gateway])
         if report is None:
@@ -158,13 +190,18 @@ def status_table(results: Mapping) -> str:
             notes.append(f"{_clean(str(gateway), 64)}: {problem}")
             continue
         rows.append(summary(str(gateway), report))
+        reports[_clean(str(gateway), 64)] = report
         attention = report.get("attention") if isinstance(report.get("attention"), list) else []
         notes += [f"{_clean(str(gateway), 64)}: {_clean(sentence, 400)}" for sentence in attention[:SENTENCES]]
         if len(attention) > SENTENCES:
             notes.append(f"{_clean(str(gateway), 64)}: ... and {len(attention) - SENTENCES} more")
-    header = {key: title for key, title in COLUMNS}
-    widths = {key: max(len(row.get(key, "")) for row in [header, *rows]) for key, _ in COLUMNS}
-    lines = ["  ".join(row.get(key, "").ljust(widths[key]) for key, _ in COLUMNS).rstrip() for row in [header, *rows]]
+    notes += _vip_holders(reports)
+    columns = COLUMNS
+    if any("cluster" in row for row in rows):
+        columns = (*COLUMNS[:2], ("cluster", "CLUSTER"), *COLUMNS[2:])
+    header = {key: title for key, title in columns}
+    widths = {key: max(len(row.get(key, "")) for row in [header, *rows]) for key, _ in columns}
+    lines = ["  ".join(row.get(key, "").ljust(widths[key]) for key, _ in columns).rstrip() for row in [header, *rows]]
     if notes:
         lines += ["", "Needs attention:", *(f"- {note}" for note in notes)]
     return "\n".join(lines)

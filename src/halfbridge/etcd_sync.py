@@ -89,6 +89,21 @@ class SyncEtcd:
         answer = self.call("/v3/kv/txn", body, within=within)
         return self._checked(transaction, answer, "txn")
 
+    def ask(self, endpoint: str, path: str, body: dict, within: float | None = None) -> dict:
+        """POST `body` to `path` on `endpoint` alone, within `timeout` (and `within`): one member's own view (its
+        status, whether it serves a read), for halfbridge-status. EtcdError when it refused (with etcd's code), or
+        when it cannot be asked, its message then the reason in a few words."""
+        allowed = self.settings.timeout if within is None else min(within, self.settings.timeout)
+        data = json.dumps(body, separators=(",", ":")).encode()
+        try:
+            return self._post(endpoint.rstrip("/"), path, data, False, self._monotonic() + allowed)
+        except TimeoutError:
+            raise EtcdError(f"no answer within {allowed:g} s") from None
+        except NotEtcd as exc:
+            raise EtcdError(f"not an answer of etcd ({exc})") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise EtcdError(_reason(exc)) from None
+
     # -- one call -----------------------------------------------------------------------
 
     def call(self, path: str, body: dict, stream: bool = False, within: float | None = None) -> dict:
@@ -147,7 +162,11 @@ class SyncEtcd:
                 raise NotEtcd(f"an answer of {length} bytes, more than {MAX_ANSWER}")
             raw = b""
             while True:
-                connection.sock.settimeout(left())
+                remaining = left()
+                # getresponse() lets go of the socket when the answer closes the connection (HTTP/1.0,
+                # "Connection: close"): its reads keep the timeout set before, and the deadline is checked each time.
+                if connection.sock is not None:
+                    connection.sock.settimeout(remaining)
                 chunk = response.read1(65536) if stream else response.read(65536)
                 if not chunk:
                     break

@@ -15,7 +15,10 @@ gateway, through the deployed configurations (/etc/halfbridge/*.json):
 - history: the audit log's chain, checked over its last `--chain-bytes` with the
   writer's key, against the head the writer sealed;
 - requests: the PP's image requests waiting for a decision, the holds in force and
-  what they keep from the retention, the notices not yet e-mailed (`halfbridge.notices`).
+  what they keep from the retention, the notices not yet e-mailed (`halfbridge.notices`);
+- cluster, only on a gateway of a cluster (quotad.json's backend is etcd): each etcd
+  member asked on its own and the quorum, whether this gateway holds the PP's address
+  (vip.json), and which gateway records each camera (the recorders' status files).
 
 Each part runs in a thread of its own and is bounded in time (`--timeout`) and
 in what it reads; a part that fails shows its sentence and the others still
@@ -30,15 +33,18 @@ import argparse
 import contextlib
 import datetime as dt
 import hmac
+import ipaddress
 import json
 import math
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from halfbridge import __version__
 from halfbridge.audit import (
@@ -74,6 +80,19 @@ CONFIGS = {"relay": "relay.json", "retention": "retention.json", "auditd": "audi
 REQUEST_WAIT_SECONDS = 86400
 NOTICE_STUCK_SECONDS = 3600
 MAX_PENDING = 64  # pending requests listed (the register keeps 50 open at most)
+# A cluster (quotad.json's backend is etcd): each etcd member asked on its own, each call within this (or a quarter
+# of --timeout, when less); the PP's address from vip.json (the relay_vip role's), this host's addresses from `ip`.
+QUOTAD_CONFIG, VIP_CONFIG = "quotad.json", "vip.json"
+MEMBER_SECONDS = 1.5
+CONFIG_MAX = 65536
+IP_COMMAND = ("ip", "-json", "address", "show")
+IP_MAX = 1 << 20
+MEMBER_SAID = {
+    "no answer": "does not answer",
+    "no leader": "has no leader",
+    "not healthy": "answers but serves no read",
+    "not etcd": "answers something that is not etcd's",
+}
 
 
 class PartError(Exception):
@@ -83,6 +102,18 @@ class PartError(Exception):
 # -- what every part shows: its keys, always present (docs/status.md) --------------------------
 
 PARTS: dict[str, dict] = {
+    # Only in a cluster (quotad.json's backend is etcd): on a single gateway the report has no "cluster" at all.
+    "cluster": {
+        "gateway": None,
+        "quorum": None,
+        "members_healthy": None,
+        "members_total": None,
+        "leader": None,
+        "members": [],
+        "vip": None,
+        "vip_held_here": None,
+        "recorded_by": [],
+    },
     "flows": {"in_use": None, "limit": None, "starting_seconds": None, "leases": []},
     "cameras": {"total": None, "recording": None, "not_recording": [], "items": []},
     "crls": {"checkable": None, "warn_hours": None, "next_update": None, "items": []},
@@ -149,6 +180,7 @@ class Gateway:
         self._lock = threading.Lock()
         self._relay = None
         self._relay_error: str | None = None
+        self.quotad = _cluster_quotad(config_dir / QUOTAD_CONFIG)  # quotad.json when in a cluster, else None
 
     def relay(self):
         """relay.json, read once for the four parts that need it (they run side by side)."""
@@ -217,16 +249,18 @@ def cameras(gw: Gateway) -> tuple[dict, list[str]]:
     if relay.recorder_state_dir is None:
         raise PartError(f"{gw.config_dir / CONFIGS['relay']} names no recorder_state_dir: no recorder status to read")
     store = Store(relay.store_root)
-    items, attention = [], []
+    items, problems, attention = [], [], []
     for camera in relay.cameras[:MAX_CAMERAS]:
         item, problem = _camera(camera, relay.recorder_state_dir, store, relay.segment_seconds, gw.now)
         items.append(item)
+        problems.append(problem)
         if problem:
             attention.append(problem)
     if len(relay.cameras) > MAX_CAMERAS:
         attention.append(f"only the first {MAX_CAMERAS} of {len(relay.cameras)} cameras are shown")
-    down = [item["id"] for item in items if item["state"] != "recording"]
-    shown = {"total": len(relay.cameras), "recording": len(items) - len(down), "not_recording": down, "items": items}
+    down = [item["id"] for item, problem in zip(items, problems, strict=True) if problem]
+    recording = sum(1 for item in items if item["state"] == "recording")
+    shown = {"total": len(relay.cameras), "recording": recording, "not_recording": down, "items": items}
     return shown, attention
 
 
@@ -241,7 +275,7 @@ def _camera(camera: dict, state_dir: Path, store, segment_seconds: int, now: flo
     last = _last_end(store, camera_id)
     recent = last is not None and now - last <= 3 * segment_seconds
     said = status.get("state")
-    if said in ("down", "stopped"):
+    if said in ("down", "stopped", "standby"):  # standby: in a cluster, while another gateway holds the camera
         state = said
     elif recent:
         state = "recording"
@@ -268,6 +302,7 @@ def _camera(camera: dict, state_dir: Path, store, segment_seconds: int, now: flo
         "restarts": status.get("restarts") if _whole(status.get("restarts")) else None,
     }
     why = f": {last_error}" if last_error else ""
+    holder = status.get("cluster", {}).get("holder") if isinstance(status.get("cluster"), dict) else None
     problem = {
         "recording": None,
         "down": f"camera {camera_id} is down since {since or 'an unknown time'}{why}",
@@ -276,6 +311,11 @@ def _camera(camera: dict, state_dir: Path, store, segment_seconds: int, now: flo
         "stalled": f"camera {camera_id}: its recorder says it records, but no segment has ended since "
         f"{iso_seconds(last) if last is not None else 'it started'} (more than 3 segments ago): "
         f"look at halfbridge-recorder@{camera_id}",
+        # Another gateway records it (docs/recorder.md, "In a cluster"); none at this instant, or etcd cannot say.
+        "standby": None
+        if _text(holder, 64)
+        else f"camera {camera_id} is recorded by no gateway: its recorder here stands by and etcd names no holder "
+        "(none at this instant, or etcd cannot be asked)",
         "unknown": f"camera {camera_id} is not recorded: {unreadable or 'its recorder says ' + repr(_text(said, 32))}",
     }[state]
     return item, problem
@@ -779,6 +819,233 @@ def _check_head(
     return seq
 
 
+# -- the cluster ------------------------------------------------------------------------------
+
+
+def _cluster_quotad(path: Path) -> dict | None:
+    """quotad.json when its backend is etcd (this gateway is in a cluster), else None: a single gateway's
+    quotad.json, or none, or one that cannot be read (the quota daemon then says so in flows)."""
+    try:
+        config = _read_json(path, CONFIG_MAX)
+    except (OSError, ValueError):
+        return None
+    return config if config.get("backend") == "etcd" else None
+
+
+def cluster(gw: Gateway) -> tuple[dict, list[str]]:
+    """In a cluster: etcd's members and its quorum, whether this gateway holds the PP's address (the VIP), and
+    which gateway records each camera."""
+    from halfbridge.quotad import ClusterConfig
+
+    try:
+        settings = ClusterConfig.parse(gw.quotad.get("etcd"), gw.quotad.get("ttl", 15.0))
+    except ValueError as exc:
+        raise PartError(f"{gw.config_dir / QUOTAD_CONFIG}: etcd: {_text(str(exc), REASON)}") from None
+    attention: list[str] = []
+    # Within the part's --timeout: the host's addresses, then each member's two calls side by side.
+    vip, held = _vip(gw, attention)
+    etcd = _etcd_members(settings, min(MEMBER_SECONDS, gw.timeout / 4), attention)
+    recorded = _recorded_by(gw, settings.gateway)
+    return {"gateway": settings.gateway, **etcd, "vip": vip, "vip_held_here": held, "recorded_by": recorded}, attention
+
+
+def _etcd_members(settings, within: float, attention: list[str]) -> dict:
+    """Each member asked on its own, side by side: its status (who it follows) then a linearizable read (what
+    `etcdctl endpoint health` does), each within `within`; the member list from whichever answers."""
+    from halfbridge.etcd_sync import SyncEtcd
+    from halfbridge.etcd_wire import EtcdError, NotEtcd, integer, range_request
+
+    try:
+        client = SyncEtcd(settings.settings())
+    except EtcdError as exc:
+        raise PartError(_text(str(exc), REASON)) from None
+    endpoints = client.endpoints
+    answers: dict[str, dict] = {}
+    listed: dict = {}
+
+    def ask(endpoint: str) -> None:
+        seen = {"state": "no answer", "id": None, "leader": None, "version": None, "problem": None}
+        answers[endpoint] = seen
+        try:
+            status = client.ask(endpoint, "/v3/maintenance/status", {}, within)
+            seen["id"] = integer((status.get("header") or {}).get("member_id"), "member_id")
+            seen["leader"] = integer(status.get("leader"), "leader")
+            seen["version"] = _text(status.get("version"), 32)
+            errors = status.get("errors")
+            seen["state"] = "answers"
+            client.ask(endpoint, "/v3/kv/range", range_request("health", False, False), within)  # as etcdctl
+            seen["state"] = "healthy"
+            if isinstance(errors, list) and errors:
+                seen["problem"] = "; ".join(_text(error, 120) or "?" for error in errors[:4] if isinstance(error, str))
+        except EtcdError as exc:
+            if seen["state"] == "answers" and exc.code == 7:  # auth on and no role to read: it served the request
+                seen["state"] = "healthy"
+            else:
+                leaderless = "no leader" in str(exc)
+                seen["state"] = (
+                    "no leader" if leaderless else ("not healthy" if seen["state"] == "answers" else seen["state"])
+                )
+                seen["problem"] = _text(str(exc), REASON)
+        except (NotEtcd, AttributeError) as exc:
+            seen["state"], seen["problem"] = "not etcd", _text(f"not an answer of etcd ({exc})", REASON)
+
+    def members() -> None:
+        with contextlib.suppress(EtcdError, NotEtcd):
+            found = client.call("/v3/cluster/member/list", {}, within=within * 2).get("members")
+            listed["members"] = found if isinstance(found, list) else None
+
+    threads = [threading.Thread(target=ask, args=(endpoint,), daemon=True) for endpoint in endpoints]
+    threads.append(threading.Thread(target=members, daemon=True))
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 2 * within + 0.25
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    by_id, by_url = _member_names(listed.get("members"))
+    total = len(by_id) or len(endpoints)  # the members etcd lists; the endpoints configured when none answers
+    shown = []
+    for endpoint in endpoints:
+        seen = answers.get(endpoint) or {"state": "no answer", "id": None, "leader": None, "version": None}
+        if seen["state"] == "answers":  # its status came, its read did not before the part's deadline
+            seen = {**seen, "state": "not healthy", "problem": f"no answer to a read within {within:g} s"}
+        name = by_id.get(seen["id"]) or by_url.get(endpoint) or _text(urlsplit(endpoint).hostname, 64)
+        if seen["id"] is not None:
+            by_id.setdefault(seen["id"], name)
+        shown.append(
+            {
+                "name": name,
+                "endpoint": _text(endpoint),
+                "state": seen["state"],
+                "leader": seen["id"] is not None and seen["leader"] == seen["id"],
+                "version": seen["version"],
+                "problem": seen.get("problem"),
+            }
+        )
+    healthy = sum(1 for member in shown if member["state"] == "healthy")
+    leaders = {seen["leader"] for seen in answers.values() if seen["state"] == "healthy" and seen["leader"]}
+    # The members that serve a read follow one leader; two would be a moment of an election.
+    leader = (by_id.get(next(iter(leaders))) or f"member {next(iter(leaders)):x}") if len(leaders) == 1 else None
+    # A read served linearizably needs the leader to hear from a majority: one member that served it proves a quorum.
+    quorum = healthy > 0
+    if not quorum:
+        attention.append(
+            f"etcd has no quorum: none of its {len(endpoints)} members this gateway asks serves a read; "
+            "no flow is admitted and no camera is recorded until a majority of the members is back"
+        )
+    for member in shown:
+        if member["state"] != "healthy" and quorum:
+            attention.append(
+                f"etcd member {member['name']} ({member['endpoint']}) {MEMBER_SAID[member['state']]}"
+                + (f" ({member['problem']})" if member["problem"] else "")
+                + f"; the cluster holds while a majority ({total // 2 + 1} of {total}) is healthy"
+            )
+        elif member["state"] == "healthy" and member["problem"]:
+            attention.append(f"etcd member {member['name']} raises an alarm: {member['problem']}")
+    return {
+        "quorum": quorum,
+        "members_healthy": healthy,
+        "members_total": total,
+        "leader": leader,
+        "members": shown,
+    }
+
+
+def _member_names(members: object) -> tuple[dict[int, str], dict[str, str]]:
+    """The member list's names, by member id and by client URL."""
+    from halfbridge.etcd_wire import NotEtcd, integer
+
+    by_id, by_url = {}, {}
+    for member in members if isinstance(members, list) else []:
+        if not isinstance(member, dict):
+            continue
+        try:
+            ident = integer(member.get("ID"), "ID")
+        except NotEtcd:
+            continue
+        by_id[ident] = name = _text(member.get("name"), 64) or f"member {ident:x}"
+        for url in member.get("clientURLs") or []:
+            if isinstance(url, str):
+                by_url[url.rstrip("/")] = name
+    return by_id, by_url
+
+
+def _vip(gw: Gateway, attention: list[str]) -> tuple[str | None, bool | None]:
+    """The PP's address (vip.json, written by the relay_vip role) and whether this gateway holds it now (it is on
+    one of its interfaces); (None, None) when this gateway is told of no VIP."""
+    path = gw.config_dir / VIP_CONFIG
+    try:
+        config = _read_json(path, CONFIG_MAX)
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as exc:
+        attention.append(
+            f"{path} cannot be read ({_text(str(exc), REASON)}): whether this gateway holds the PP's address is unknown"
+        )
+        return None, None
+    try:
+        address = ipaddress.ip_address(config.get("address"))
+    except ValueError:
+        attention.append(f"{path} names no address: whether this gateway holds the PP's address is unknown")
+        return None, None
+    try:
+        local = _local_addresses(min(2.0, gw.timeout / 4))
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        attention.append(
+            f"this host's addresses cannot be read ({_text(str(exc), REASON)}): "
+            f"whether it holds the PP's address {address} is unknown"
+        )
+        return str(address), None
+    return str(address), address in local
+
+
+def _local_addresses(timeout: float) -> set:
+    """The addresses on this host's interfaces, from `ip -json address show` (iproute2), within `timeout`."""
+    done = subprocess.run(IP_COMMAND, capture_output=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise ValueError(
+            f"{' '.join(IP_COMMAND)} exited with {done.returncode}: {done.stderr[:200].decode(errors='replace')}"
+        )
+    if len(done.stdout) > IP_MAX:
+        raise ValueError(f"{' '.join(IP_COMMAND)} said more than {IP_MAX} bytes")
+    found = set()
+    interfaces = json.loads(done.stdout or b"[]")
+    for interface in interfaces if isinstance(interfaces, list) else []:
+        for info in (interface.get("addr_info") or []) if isinstance(interface, dict) else []:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                found.add(ipaddress.ip_address(info.get("local")))
+    return found
+
+
+def _recorded_by(gw: Gateway, gateway: str) -> list[dict]:
+    """Which gateway records each camera, as this gateway's recorders see it (each runs here, holding the camera
+    or standing by, and its status file names the holder)."""
+    from halfbridge.relay.recordings import STATUS_MAX
+
+    try:
+        relay = gw.relay()
+    except PartError:  # the cameras part says why; etcd and the address still show
+        return []
+    if relay.recorder_state_dir is None:
+        return []
+    shown = []
+    for camera in relay.cameras[:MAX_CAMERAS]:
+        try:
+            status = _read_json(relay.recorder_state_dir / f"{camera['id']}.status.json", STATUS_MAX)
+        except (OSError, ValueError):
+            status = {}  # the cameras part says why
+        said = status.get("cluster") if isinstance(status.get("cluster"), dict) else {}
+        holder = _text(said.get("holder"), 64)
+        shown.append(
+            {
+                "camera": camera["id"],
+                "gateway": holder,
+                "here": holder is not None and holder == gateway,
+                "held_since": _when(said.get("held_since")),
+            }
+        )
+    return shown
+
+
 # -- running the parts ------------------------------------------------------------------------
 
 READERS: dict[str, Callable[[Gateway], tuple[dict, list[str]]]] = {
@@ -790,6 +1057,7 @@ READERS: dict[str, Callable[[Gateway], tuple[dict, list[str]]]] = {
     "clock": clock,
     "history": history,
     "requests": requests,
+    "cluster": cluster,  # only in a cluster (Gateway.quotad)
 }
 
 
@@ -806,7 +1074,8 @@ def gather(gw: Gateway) -> dict:
         except Exception as exc:  # one part's failure never hides the others
             results[name] = _part(name, f"{type(exc).__name__}: {exc}")
 
-    threads = {name: threading.Thread(target=run, args=(name,), name=name, daemon=True) for name in READERS}
+    names = [name for name in READERS if name != "cluster" or gw.quotad is not None]
+    threads = {name: threading.Thread(target=run, args=(name,), name=name, daemon=True) for name in names}
     for thread in threads.values():
         thread.start()
     deadline = time.monotonic() + gw.timeout
@@ -855,7 +1124,9 @@ def table(report: dict) -> str:
         else f"{count} thing{'s' if count > 1 else ''} need{'' if count > 1 else 's'} attention"
     )
     out = [f"halfbridge-status {report['version']} on {report['host']} at {report['checked_at']}: {verdict}", ""]
+    parts = [("CLUSTER", *_cluster_lines(report["cluster"]))] if "cluster" in report else []
     for name, summary, rows in (
+        *parts,
         ("FLOWS", *_flows_lines(report["flows"])),
         ("CAMERAS", *_cameras_lines(report["cameras"])),
         ("CRLS", *_crls_lines(report["crls"])),
@@ -870,7 +1141,7 @@ def table(report: dict) -> str:
         if not part["error"]:
             out += ["              " + line for line in _aligned(rows)]
     # The parts that cannot be read say so on their line above; what needs attention in the others here.
-    said = [f"  - {name}: {sentence}" for name in PARTS for sentence in report[name]["attention"]]
+    said = [f"  - {name}: {sentence}" for name in PARTS if name in report for sentence in report[name]["attention"]]
     if said:
         out += ["", "ATTENTION", *said]
     return "\n".join(line.rstrip() for line in out) + "\n"
@@ -899,8 +1170,39 @@ def _flows_lines(part: dict) -> tuple[str, list[list[str]]]:
     return summary, rows
 
 
+def _cluster_lines(part: dict) -> tuple[str, list[list[str]]]:
+    total = part["members_total"]
+    if part["quorum"]:
+        summary = f"etcd quorum, {_n(part['members_healthy'])}/{_n(total)} members healthy, leader {_s(part['leader'])}"
+    else:
+        summary = f"ETCD HAS NO QUORUM, {_n(part['members_healthy'])}/{_n(total)} members healthy"
+    if part["vip"]:
+        held = {True: "held here", False: "held elsewhere", None: "held here?"}[part["vip_held_here"]]
+        summary += f"; the PP's address {part['vip']} {held}"
+    rows = [
+        [
+            "etcd",
+            _s(member["name"]),
+            _s(member["endpoint"]),
+            member["state"] + (", leader" if member["leader"] else ""),
+            _s(member["problem"]) if member["problem"] else "",
+        ]
+        for member in part["members"]
+    ]
+    by_gateway: dict[str, list[str]] = {}
+    for item in part["recorded_by"]:
+        by_gateway.setdefault(item["gateway"] or "nobody", []).append(item["camera"])
+    for gateway, cameras in sorted(by_gateway.items(), key=lambda x: (x[0] == "nobody", x[0])):
+        here = " (here)" if gateway == part["gateway"] else ""
+        rows.append(["records", gateway + here, ", ".join(cameras)])
+    return summary, rows
+
+
 def _cameras_lines(part: dict) -> tuple[str, list[list[str]]]:
     summary = f"{_n(part['recording'])}/{_n(part['total'])} recording"
+    elsewhere = sum(1 for x in part["items"] if x["state"] == "standby" and x["id"] not in part["not_recording"])
+    if elsewhere:  # in a cluster only
+        summary += f" here, {elsewhere} by other gateways"
     if part["not_recording"]:
         summary += f"; not recording: {', '.join(part['not_recording'])}"
     rows = []

@@ -30,10 +30,18 @@ def lab_host():
     return get
 
 
-@pytest.fixture(scope="session")
-def cluster_var():
+class ClusterVar:
     """cluster_var('gw1', 'lab_networks') is a variable of the cluster inventory, as a play sees it."""
-    return lambda host, name: host_var(host, name, CLUSTER)
+
+    inventory = CLUSTER
+
+    def __call__(self, host: str, name: str):
+        return host_var(host, name, CLUSTER)
+
+
+@pytest.fixture(scope="session")
+def cluster_var() -> ClusterVar:
+    return ClusterVar()
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +58,7 @@ def relays(lab_host) -> dict[str, dict]:
 
 def pytest_collection_modifyitems(items):
     """The tests that stop or cut a gateway last: the others want the whole cluster up."""
-    order = {"test_vip.py": 2, "test_etcd.py": 1}
+    order = {"test_etcd.py": 1, "test_vip.py": 2, "test_failover.py": 3}
 
     def rank(item) -> int:
         return order.get(item.nodeid.split("::")[0].rsplit("/", 1)[-1], 0)

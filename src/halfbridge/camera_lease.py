@@ -22,14 +22,22 @@ import datetime as dt
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from halfbridge.etcd_wire import EtcdError, EtcdSettings, absent, get, put, tls_context
+from halfbridge.etcd_wire import (
+    GATEWAY_NAME,
+    KEY_PREFIX,
+    EtcdError,
+    EtcdSettings,
+    absent,
+    get,
+    https_url,
+    put,
+    tls_context,
+)
 from halfbridge.store import iso
 
 log = logging.getLogger("halfbridge.recorder")
@@ -37,8 +45,6 @@ log = logging.getLogger("halfbridge.recorder")
 PREFIX = "/halfbridge/recorders"
 RETRY = 1.0  # seconds between a standby's looks at the key, and between a holder's renewals that failed
 _REQUIRED = ("endpoints", "ca_file", "cert_file", "key_file", "gateway")
-_GATEWAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-_PREFIX = re.compile(r"/[\x21-\x7e]{0,200}")
 
 
 @dataclass
@@ -74,7 +80,7 @@ class LeaseConfig:
         if not isinstance(endpoints, list) or not 1 <= len(endpoints) <= 9:
             raise ValueError("endpoints must be a list of the etcd members' client URLs (1 to 9)")
         for endpoint in endpoints:
-            if not _https_url(endpoint):
+            if not https_url(endpoint):
                 raise ValueError(f"the endpoint {endpoint!r:.60} is not https://HOST:PORT: etcd is reached over TLS")
         files = {}
         for key in ("ca_file", "cert_file", "key_file"):
@@ -83,10 +89,10 @@ class LeaseConfig:
                 raise ValueError(f"{key} {value!r:.80} is not a file this recorder can read")
             files[key] = Path(value)
         gateway = raw["gateway"]
-        if not isinstance(gateway, str) or not _GATEWAY_NAME.fullmatch(gateway):
+        if not isinstance(gateway, str) or not GATEWAY_NAME.fullmatch(gateway):
             raise ValueError(f"gateway {gateway!r:.70} must be this gateway's name: letters, digits, '.', '_', '-'")
         prefix = raw.get("prefix", PREFIX)
-        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix) or prefix.endswith("/"):
+        if not isinstance(prefix, str) or not KEY_PREFIX.fullmatch(prefix) or prefix.endswith("/"):
             raise ValueError(f"prefix {prefix!r:.70} must be a key such as {PREFIX} (no space, no final /)")
         ttl = raw.get("ttl", cls.ttl)
         if not isinstance(ttl, int) or isinstance(ttl, bool) or not 2 <= ttl <= 300:
@@ -107,18 +113,6 @@ class LeaseConfig:
         except EtcdError as exc:
             raise ValueError(str(exc)) from None
         return config
-
-
-def _https_url(value: object) -> bool:
-    if not isinstance(value, str) or len(value) > 256:
-        return False
-    try:
-        url = urlsplit(value)
-        url.port  # noqa: B018 (a port that is not a number raises)
-    except ValueError:
-        return False
-    plain = not (url.query or url.fragment or url.username or url.password) and url.path in ("", "/")
-    return url.scheme == "https" and bool(url.hostname) and plain
 
 
 def camera_key(prefix: str, camera: str) -> str:

@@ -33,6 +33,7 @@ from halfbridge.etcd_wire import (
     HEADERS,
     MAX_ANSWER,
     NOT_FOUND,
+    Checked,
     EtcdError,
     EtcdSettings,
     NotEtcd,
@@ -42,7 +43,6 @@ from halfbridge.etcd_wire import (
     get,
     integer,
     kvs,
-    not_etcd,
     prefix_end,
     put,
     range_request,
@@ -79,7 +79,7 @@ def within(seconds: float) -> Iterator[None]:
         _DEADLINE.reset(token)
 
 
-class Etcd:
+class Etcd(Checked):
     """The client; its HTTP session is opened by the first call, in the running event loop, and shut by `close`."""
 
     def __init__(self, settings: EtcdSettings) -> None:
@@ -214,15 +214,6 @@ class Etcd:
                     break  # a stream's first message is all this client asked
             status = response.status
         return answer_of(raw, status, stream)
-
-    def _checked(self, read, answer: dict, call: str):
-        try:
-            return read(answer)
-        except NotEtcd as exc:
-            raise self._not_etcd(call, exc) from None
-
-    def _not_etcd(self, call: str, exc: NotEtcd) -> EtcdError:
-        return not_etcd(self.endpoints[self._first], call, exc)
 
 
 def _reason(exc: BaseException) -> str:

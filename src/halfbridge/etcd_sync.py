@@ -23,13 +23,13 @@ from halfbridge.etcd_wire import (
     HEADERS,
     MAX_ANSWER,
     NOT_FOUND,
+    Checked,
     EtcdError,
     EtcdSettings,
     NotEtcd,
     answer_of,
     integer,
     kvs,
-    not_etcd,
     range_request,
     tls_context,
     transaction,
@@ -37,7 +37,7 @@ from halfbridge.etcd_wire import (
 )
 
 
-class SyncEtcd:
+class SyncEtcd(Checked):
     """The client; `monotonic` is the clock its deadlines are read on."""
 
     def __init__(self, settings: EtcdSettings, monotonic=time.monotonic) -> None:
@@ -178,15 +178,6 @@ class SyncEtcd:
             return answer_of(raw, response.status, stream)
         finally:
             connection.close()
-
-    def _checked(self, read, answer: dict, call: str):
-        try:
-            return read(answer)
-        except NotEtcd as exc:
-            raise self._not_etcd(call, exc) from None
-
-    def _not_etcd(self, call: str, exc: NotEtcd) -> EtcdError:
-        return not_etcd(self.endpoints[self._first], call, exc)
 
 
 def _reason(exc: BaseException) -> str:

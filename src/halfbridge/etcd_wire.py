@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 MAX_ANSWER = 1 << 20  # bytes read of one answer; a range of the quota's slots weighs a few KiB
 HEADERS = {
@@ -240,3 +242,38 @@ def not_etcd(endpoint: str, call: str, exc: NotEtcd) -> EtcdError:
         f"the answer of etcd at {endpoint} to {call} is not etcd's ({exc})",
         brief="an answer of etcd that cannot be read",
     )
+
+
+# What the settings of an etcd client may name (the quota daemon's and the recorders' configurations).
+GATEWAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+KEY_PREFIX = re.compile(r"/[\x21-\x7e]{0,200}")
+
+
+def https_url(value: object) -> bool:
+    """An etcd member's client URL: https://HOST[:PORT], nothing else."""
+    if not isinstance(value, str) or len(value) > 256:
+        return False
+    try:
+        url = urlsplit(value)
+        url.port  # noqa: B018 (a port that is not a number raises)
+    except ValueError:
+        return False
+    plain = not (url.query or url.fragment or url.username or url.password) and url.path in ("", "/")
+    return url.scheme == "https" and bool(url.hostname) and plain
+
+
+class Checked:
+    """What both clients do with an answer that is not etcd's: an EtcdError naming the endpoint and the call.
+    Needs `endpoints` and `_first` (the endpoint that answered)."""
+
+    endpoints: list[str]
+    _first: int
+
+    def _checked(self, read, answer: dict, call: str):
+        try:
+            return read(answer)
+        except NotEtcd as exc:
+            raise self._not_etcd(call, exc) from None
+
+    def _not_etcd(self, call: str, exc: NotEtcd) -> EtcdError:
+        return not_etcd(self.endpoints[self._first], call, exc)

@@ -66,10 +66,10 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from halfbridge.config import load_or_exit
 from halfbridge.etcd import Etcd, EtcdError, EtcdSettings, absent, get, put, tls_context, within
+from halfbridge.etcd_wire import GATEWAY_NAME, KEY_PREFIX, https_url
 from halfbridge.store import iso_seconds, replacing_prefix, write_replacing
 
 log = logging.getLogger("halfbridge.quotad")
@@ -85,8 +85,6 @@ _LEASE_KEYS = frozenset(("lease", "agent", "camera", "mode", "since"))
 _LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z, the last `since` a lease's list can show
 BACKENDS = ("memory", "etcd")
 _CLUSTER_REQUIRED = ("endpoints", "ca_file", "cert_file", "key_file", "gateway")
-_GATEWAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-_PREFIX = re.compile(r"/[\x21-\x7e]{0,200}")
 # At most 4 s: the relay waits QUOTA_WAIT (5 s) for an answer, and must get the daemon's own refusal.
 TIMEOUT_RANGE = (0.1, 4)
 _GRACE = 0.25  # seconds beyond the etcd timeout before a request is cut short whatever it is doing
@@ -126,7 +124,7 @@ class ClusterConfig:
         if not isinstance(endpoints, list) or not 1 <= len(endpoints) <= 9:
             raise ValueError("endpoints must be a list of the etcd members' client URLs (1 to 9)")
         for endpoint in endpoints:
-            if not _https_url(endpoint):
+            if not https_url(endpoint):
                 raise ValueError(
                     f"the endpoint {_show(endpoint)} is not https://HOST:PORT: the members are reached over TLS only"
                 )
@@ -137,13 +135,13 @@ class ClusterConfig:
                 raise ValueError(f"{key} {_show(value)} is not a file this daemon can read")
             files[key] = Path(value)
         gateway = raw["gateway"]
-        if not isinstance(gateway, str) or not _GATEWAY_NAME.fullmatch(gateway):
+        if not isinstance(gateway, str) or not GATEWAY_NAME.fullmatch(gateway):
             raise ValueError(
                 f"gateway {_show(gateway)} must be this gateway's name: letters, digits, '.', '_' or '-', "
                 "at most 63 (list shows it beside each flow)"
             )
         prefix = raw.get("prefix", cls.prefix)
-        if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix) or prefix.endswith("/"):
+        if not isinstance(prefix, str) or not KEY_PREFIX.fullmatch(prefix) or prefix.endswith("/"):
             raise ValueError(f"prefix {_show(prefix)} must be a key such as /halfbridge/quota (no space, no final /)")
         timeout = raw.get("timeout", cls.timeout)
         if not _number(timeout) or not TIMEOUT_RANGE[0] <= timeout <= TIMEOUT_RANGE[1] or timeout >= ttl:
@@ -157,18 +155,6 @@ class ClusterConfig:
         except EtcdError as exc:
             raise ValueError(str(exc)) from None
         return config
-
-
-def _https_url(value: object) -> bool:
-    if not isinstance(value, str) or len(value) > 256:
-        return False
-    try:
-        url = urlsplit(value)
-        url.port  # noqa: B018 (a port that is not a number raises)
-    except ValueError:
-        return False
-    plain = not (url.query or url.fragment or url.username or url.password) and url.path in ("", "/")
-    return url.scheme == "https" and bool(url.hostname) and plain
 
 
 @dataclass

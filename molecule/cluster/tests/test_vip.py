@@ -17,32 +17,12 @@ import time
 import pytest
 
 from tests.support.inventory import ROOT, host_var
+from tests.support.lab import probe
 
 INVENTORY = ROOT / "inventories" / "lab-cluster"
 GATEWAYS = ("gw1", "gw2")
 LOG = "/var/log/ulog/halfbridge-firewall.log"
 
-# Run on a lab host: TCP connections to HOST on PORTS at once; prints {port: outcome} ("timeout" is a drop).
-PROBE = textwrap.dedent(
-    """
-    import asyncio, errno, json, sys
-    host, ports, wait = sys.argv[1], [int(p) for p in sys.argv[2].split(",")], float(sys.argv[3])
-    async def one(port):
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), wait)
-            writer.close()
-            return "open"
-        except asyncio.TimeoutError:
-            return "timeout"
-        except ConnectionRefusedError:
-            return "refused"
-        except OSError as exc:
-            return errno.errorcode.get(exc.errno, str(exc))
-    async def main():
-        return dict(zip(ports, await asyncio.gather(*(one(p) for p in ports))))
-    print(json.dumps(asyncio.run(main())))
-    """
-)
 
 # Run on pp: connect to HOST:PORT every 0.1 s until a connection is accepted; prints the seconds waited.
 UNTIL_OPEN = textwrap.dedent(
@@ -92,10 +72,6 @@ def var(host: str, name: str, default=None):
 
 def run_on(host, script: str, *args) -> str:
     return host.check_output(shlex.join(["python3", "-c", script, *map(str, args)]))
-
-
-def probe(host, address: str, ports, wait: float = 3.0) -> dict[int, str]:
-    return {int(k): v for k, v in json.loads(run_on(host, PROBE, address, ",".join(map(str, ports)), wait)).items()}
 
 
 @pytest.fixture(scope="module")

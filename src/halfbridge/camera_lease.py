@@ -21,20 +21,17 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from halfbridge.etcd_wire import (
-    GATEWAY_NAME,
-    KEY_PREFIX,
     EtcdError,
     EtcdSettings,
     absent,
+    client_section,
     get,
-    https_url,
     put,
     tls_context,
 )
@@ -44,7 +41,6 @@ log = logging.getLogger("halfbridge.recorder")
 
 PREFIX = "/halfbridge/recorders"
 RETRY = 1.0  # seconds between a standby's looks at the key, and between a holder's renewals that failed
-_REQUIRED = ("endpoints", "ca_file", "cert_file", "key_file", "gateway")
 
 
 @dataclass
@@ -68,32 +64,8 @@ class LeaseConfig:
     @classmethod
     def parse(cls, raw: object) -> LeaseConfig:
         """The section checked; ValueError says what is wrong in a sentence."""
-        if not isinstance(raw, dict):
-            raise ValueError(f"must be an object of {', '.join(_REQUIRED)} (and prefix, timeout, ttl, preferred)")
-        missing = [key for key in _REQUIRED if raw.get(key) in (None, "", [])]
-        if missing:
-            raise ValueError(f"lacks {', '.join(missing)}")
-        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"has unknown keys {', '.join(unknown)}")
-        endpoints = raw["endpoints"]
-        if not isinstance(endpoints, list) or not 1 <= len(endpoints) <= 9:
-            raise ValueError("endpoints must be a list of the etcd members' client URLs (1 to 9)")
-        for endpoint in endpoints:
-            if not https_url(endpoint):
-                raise ValueError(f"the endpoint {endpoint!r:.60} is not https://HOST:PORT: etcd is reached over TLS")
-        files = {}
-        for key in ("ca_file", "cert_file", "key_file"):
-            value = raw[key]
-            if not isinstance(value, str) or not Path(value).is_file() or not os.access(value, os.R_OK):
-                raise ValueError(f"{key} {value!r:.80} is not a file this recorder can read")
-            files[key] = Path(value)
-        gateway = raw["gateway"]
-        if not isinstance(gateway, str) or not GATEWAY_NAME.fullmatch(gateway):
-            raise ValueError(f"gateway {gateway!r:.70} must be this gateway's name: letters, digits, '.', '_', '-'")
-        prefix = raw.get("prefix", PREFIX)
-        if not isinstance(prefix, str) or not KEY_PREFIX.fullmatch(prefix) or prefix.endswith("/"):
-            raise ValueError(f"prefix {prefix!r:.70} must be a key such as {PREFIX} (no space, no final /)")
+        optional = "prefix, timeout, ttl, preferred"
+        section = client_section(raw, cls.__dataclass_fields__, optional, "this recorder", PREFIX)
         ttl = raw.get("ttl", cls.ttl)
         if not isinstance(ttl, int) or isinstance(ttl, bool) or not 2 <= ttl <= 300:
             raise ValueError(f"ttl {ttl!r:.20} must be a whole number of seconds from 2 to 300")
@@ -106,8 +78,7 @@ class LeaseConfig:
         preferred = raw.get("preferred", False)
         if not isinstance(preferred, bool):
             raise ValueError(f"preferred must be true or false, not {preferred!r:.20}")
-        config = cls(list(endpoints), **files, gateway=gateway, prefix=prefix, timeout=float(timeout), ttl=ttl,
-                     preferred=preferred)  # fmt: skip
+        config = cls(**section, timeout=float(timeout), ttl=ttl, preferred=preferred)
         try:
             tls_context(config.settings())
         except EtcdError as exc:

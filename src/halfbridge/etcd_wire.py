@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import ssl
 from dataclasses import dataclass
@@ -247,6 +248,54 @@ def not_etcd(endpoint: str, call: str, exc: NotEtcd) -> EtcdError:
 # What the settings of an etcd client may name (the quota daemon's and the recorders' configurations).
 GATEWAY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 KEY_PREFIX = re.compile(r"/[\x21-\x7e]{0,200}")
+
+
+# The keys every client section names (the quota daemon's `etcd`, a recorder's `cluster`).
+SECTION_REQUIRED = ("endpoints", "ca_file", "cert_file", "key_file", "gateway")
+
+
+def shown(value: object) -> str:
+    """A value read from a file, shown in a sentence: scalars cut short, containers by their kind."""
+    if value is None or isinstance(value, str | int | float | bool):
+        text = repr(value)
+        return text if len(text) <= 40 else f"{text[:37]}..."
+    return f"a {type(value).__name__}"
+
+
+def client_section(raw: object, fields, optional: str, reader: str, default_prefix: str) -> dict:
+    """What a client section shares, checked: endpoints, ca_file, cert_file, key_file, gateway and prefix (as
+    the dataclass's arguments), no key outside `fields`; each problem a ValueError with a sentence that names
+    `reader` (who must read the files) and the `optional` keys."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"must be an object of {', '.join(SECTION_REQUIRED)} (and {optional})")
+    missing = [key for key in SECTION_REQUIRED if raw.get(key) in (None, "", [])]
+    if missing:
+        raise ValueError(f"lacks {', '.join(missing)}")
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ValueError(f"has unknown keys {', '.join(unknown)}")
+    endpoints = raw["endpoints"]
+    if not isinstance(endpoints, list) or not 1 <= len(endpoints) <= 9:
+        raise ValueError("endpoints must be a list of the etcd members' client URLs (1 to 9)")
+    for endpoint in endpoints:
+        if not https_url(endpoint):
+            said = f"the endpoint {shown(endpoint)} is not https://HOST:PORT"
+            raise ValueError(f"{said}: the members are reached over TLS only")
+    checked: dict = {"endpoints": list(endpoints)}
+    for key in ("ca_file", "cert_file", "key_file"):
+        value = raw[key]
+        if not isinstance(value, str) or not Path(value).is_file() or not os.access(value, os.R_OK):
+            raise ValueError(f"{key} {shown(value)} is not a file {reader} can read")
+        checked[key] = Path(value)
+    gateway = raw["gateway"]
+    if not isinstance(gateway, str) or not GATEWAY_NAME.fullmatch(gateway):
+        raise ValueError(
+            f"gateway {shown(gateway)} must be this gateway's name: letters, digits, '.', '_' or '-', at most 63"
+        )
+    prefix = raw.get("prefix", default_prefix)
+    if not isinstance(prefix, str) or not KEY_PREFIX.fullmatch(prefix) or prefix.endswith("/"):
+        raise ValueError(f"prefix {shown(prefix)} must be a key such as {default_prefix} (no space, no final /)")
+    return {**checked, "gateway": gateway, "prefix": prefix}
 
 
 def https_url(value: object) -> bool:

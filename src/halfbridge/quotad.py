@@ -69,7 +69,7 @@ from pathlib import Path
 
 from halfbridge.config import load_or_exit
 from halfbridge.etcd import Etcd, EtcdError, EtcdSettings, absent, get, put, tls_context, within
-from halfbridge.etcd_wire import GATEWAY_NAME, KEY_PREFIX, https_url
+from halfbridge.etcd_wire import SECTION_REQUIRED, client_section, shown
 from halfbridge.store import iso_seconds, replacing_prefix, write_replacing
 
 log = logging.getLogger("halfbridge.quotad")
@@ -84,7 +84,6 @@ _LEASE_ID = re.compile(r"[0-9a-f]{16}")
 _LEASE_KEYS = frozenset(("lease", "agent", "camera", "mode", "since"))
 _LAST_SECOND = 253402300799  # 9999-12-31T23:59:59Z, the last `since` a lease's list can show
 BACKENDS = ("memory", "etcd")
-_CLUSTER_REQUIRED = ("endpoints", "ca_file", "cert_file", "key_file", "gateway")
 # At most 4 s: the relay waits QUOTA_WAIT (5 s) for an answer, and must get the daemon's own refusal.
 TIMEOUT_RANGE = (0.1, 4)
 _GRACE = 0.25  # seconds beyond the etcd timeout before a request is cut short whatever it is doing
@@ -112,44 +111,14 @@ class ClusterConfig:
     @classmethod
     def parse(cls, raw: object, ttl: float) -> ClusterConfig:
         """The section checked; ValueError says what is wrong in a sentence."""
-        if not isinstance(raw, dict):
-            raise ValueError(f"must be an object of {', '.join(_CLUSTER_REQUIRED)} (and prefix, timeout)")
-        missing = [key for key in _CLUSTER_REQUIRED if raw.get(key) in (None, "", [])]
-        if missing:
-            raise ValueError(f"lacks {', '.join(missing)}")
-        unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"has unknown keys {', '.join(unknown)}")
-        endpoints = raw["endpoints"]
-        if not isinstance(endpoints, list) or not 1 <= len(endpoints) <= 9:
-            raise ValueError("endpoints must be a list of the etcd members' client URLs (1 to 9)")
-        for endpoint in endpoints:
-            if not https_url(endpoint):
-                raise ValueError(
-                    f"the endpoint {_show(endpoint)} is not https://HOST:PORT: the members are reached over TLS only"
-                )
-        files = {}
-        for key in ("ca_file", "cert_file", "key_file"):
-            value = raw[key]
-            if not isinstance(value, str) or not Path(value).is_file() or not os.access(value, os.R_OK):
-                raise ValueError(f"{key} {_show(value)} is not a file this daemon can read")
-            files[key] = Path(value)
-        gateway = raw["gateway"]
-        if not isinstance(gateway, str) or not GATEWAY_NAME.fullmatch(gateway):
-            raise ValueError(
-                f"gateway {_show(gateway)} must be this gateway's name: letters, digits, '.', '_' or '-', "
-                "at most 63 (list shows it beside each flow)"
-            )
-        prefix = raw.get("prefix", cls.prefix)
-        if not isinstance(prefix, str) or not KEY_PREFIX.fullmatch(prefix) or prefix.endswith("/"):
-            raise ValueError(f"prefix {_show(prefix)} must be a key such as /halfbridge/quota (no space, no final /)")
+        section = client_section(raw, cls.__dataclass_fields__, "prefix, timeout", "this daemon", cls.prefix)
         timeout = raw.get("timeout", cls.timeout)
         if not _number(timeout) or not TIMEOUT_RANGE[0] <= timeout <= TIMEOUT_RANGE[1] or timeout >= ttl:
             raise ValueError(
-                f"timeout {_show(timeout)} must be from 0.1 to 4 seconds and less than the ttl ({ttl:g} s), "
+                f"timeout {shown(timeout)} must be from 0.1 to 4 seconds and less than the ttl ({ttl:g} s), "
                 "so that a renewal is answered before its lease expires"
             )
-        config = cls(list(endpoints), **files, gateway=gateway, prefix=prefix, timeout=float(timeout))
+        config = cls(**section, timeout=float(timeout))
         try:
             tls_context(config.settings())
         except EtcdError as exc:
@@ -184,7 +153,7 @@ class QuotadConfig:
         if config.backend not in BACKENDS:
             raise SystemExit(
                 f"halfbridge-quotad: {path}: backend must be memory (this gateway's own quota, the default) "
-                f"or etcd (the cluster's), not {_show(config.backend)}"
+                f"or etcd (the cluster's), not {shown(config.backend)}"
             )
         if config.backend == "memory":
             if config.etcd is not None:
@@ -200,7 +169,7 @@ class QuotadConfig:
             )
         if config.etcd is None:
             raise SystemExit(
-                f"halfbridge-quotad: {path}: the etcd backend needs its etcd section ({', '.join(_CLUSTER_REQUIRED)})"
+                f"halfbridge-quotad: {path}: the etcd backend needs its etcd section ({', '.join(SECTION_REQUIRED)})"
             )
         try:
             config.etcd = ClusterConfig.parse(config.etcd, config.ttl)
@@ -654,10 +623,10 @@ def parse_state(data: bytes, limit: int) -> tuple[float, list[dict]]:
     if not isinstance(state, dict) or set(state) != {"version", "ttl", "leases"}:
         raise ValueError("not a state file of this daemon: an object of version, ttl and leases")
     if type(state["version"]) is not int or state["version"] != STATE_VERSION:
-        raise ValueError(f"version {_show(state['version'])}, where this daemon writes {STATE_VERSION}")
+        raise ValueError(f"version {shown(state['version'])}, where this daemon writes {STATE_VERSION}")
     ttl, leases = state["ttl"], state["leases"]
     if not _number(ttl) or not TTL_RANGE[0] <= ttl <= TTL_RANGE[1]:
-        raise ValueError(f"ttl {_show(ttl)}, not 1 to 300 s")
+        raise ValueError(f"ttl {shown(ttl)}, not 1 to 300 s")
     if not isinstance(leases, list):
         raise ValueError("leases is not a list")
     if len(leases) > limit:
@@ -668,16 +637,16 @@ def parse_state(data: bytes, limit: int) -> tuple[float, list[dict]]:
             raise ValueError(f"lease {n} is not an object of lease, agent, camera, mode and since")
         lease_id, since = entry["lease"], entry["since"]
         if not isinstance(lease_id, str) or not _LEASE_ID.fullmatch(lease_id):
-            raise ValueError(f"lease {n} has the id {_show(lease_id)}, not 16 hexadecimal digits")
+            raise ValueError(f"lease {n} has the id {shown(lease_id)}, not 16 hexadecimal digits")
         if lease_id in entries:
             raise ValueError(f"lease {lease_id} is there twice")
         for key in ("agent", "camera"):
             if not isinstance(entry[key], str) or not 0 < len(entry[key]) <= _MAX_LINE:
                 raise ValueError(f"lease {lease_id} has no {key}, or one too long")
         if entry["mode"] not in MODES:
-            raise ValueError(f"lease {lease_id} has the mode {_show(entry['mode'])}, not {_MODES_SAID}")
+            raise ValueError(f"lease {lease_id} has the mode {shown(entry['mode'])}, not {_MODES_SAID}")
         if not _number(since) or not 0 <= since <= _LAST_SECOND:
-            raise ValueError(f"lease {lease_id} has the start {_show(since)}, not a time")
+            raise ValueError(f"lease {lease_id} has the start {shown(since)}, not a time")
         entries[lease_id] = {**entry, "since": float(since)}
     return float(ttl), list(entries.values())
 
@@ -855,14 +824,6 @@ def _who(lease: Lease) -> tuple[str, str, str]:
 
 def _number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _show(value: object) -> str:
-    """A value read from a file, shown in a sentence: scalars cut short, containers by their kind."""
-    if value is None or isinstance(value, str | int | float | bool):
-        text = repr(value)
-        return text if len(text) <= 40 else f"{text[:37]}..."
-    return f"a {type(value).__name__}"
 
 
 class _Requests:

@@ -25,6 +25,9 @@ CHUNK = 65536
 LIVE_READ = 1 << 20
 # A live flow that gets nothing for this long ends (the recorder's watchdog acts sooner).
 LIVE_SILENCE = 30.0
+# A live flow whose recorder's tap closed waits this long (since its last bytes) for it to come back.
+LIVE_RESUME = 20.0
+RESUME_POLL = 0.25
 # Real-time playback sends up to this many seconds of recording ahead of the clock.
 PACE_LEAD = 1.0
 # With B-frames a frame can be shown up to this long before the keyframe that opens its segment
@@ -32,16 +35,9 @@ PACE_LEAD = 1.0
 REORDER = 2.0
 
 
-async def live(live_dir: Path, camera_id: str) -> AsyncIterator[bytes]:
-    """The camera's live stream, from its recorder's live tap (see `halfbridge.live`).
-
-    The tap sends the stream's tables and the group since the last keyframe at once, then
-    the stream as the camera sends it; it closes the connection when the camera's run ends.
-    No ffmpeg runs here, and the relay never holds a camera's credentials.
-    """
-    path = live_dir / f"{camera_id}.sock"
+async def _tap(path: Path, camera_id: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     try:
-        reader, writer = await asyncio.open_unix_connection(str(path), limit=LIVE_READ)
+        return await asyncio.open_unix_connection(str(path), limit=LIVE_READ)
     except (FileNotFoundError, ConnectionRefusedError):
         raise Problem(
             502, "camera-unavailable", f"camera {camera_id} is not being recorded: its recorder is not running"
@@ -50,14 +46,40 @@ async def live(live_dir: Path, camera_id: str) -> AsyncIterator[bytes]:
         raise Problem(
             502, "camera-unavailable", f"camera {camera_id}: its live stream is unreachable ({exc})"
         ) from None
+
+
+async def _tap_again(path: Path, camera_id: str, until: float):
+    """The tap once its recorder is back (a restart, an upgrade), or None past `until` (monotonic)."""
+    while time.monotonic() < until:
+        try:
+            return await _tap(path, camera_id)
+        except Problem:
+            await asyncio.sleep(RESUME_POLL)
+    return None
+
+
+async def live(live_dir: Path, camera_id: str) -> AsyncIterator[bytes]:
+    """The camera's live stream, from its recorder's live tap (see `halfbridge.live`).
+
+    The tap sends the stream's tables and the group since the last keyframe at once, then
+    the stream as the camera sends it; it closes the connection when the camera's run ends.
+    No ffmpeg runs here, and the relay never holds a camera's credentials.
+
+    A recorder that restarts (an upgrade of its code, a new run after the camera dropped) is
+    waited for up to `LIVE_RESUME` seconds since the last bytes: its tap's first bytes (tables
+    and a keyframe) carry on in the same flow, which the player shows as a short stall.
+    """
+    path = live_dir / f"{camera_id}.sock"
+    reader, writer = await _tap(path, camera_id)
     try:
         first = True
+        last = time.monotonic()
         while True:
             try:
                 chunk = await asyncio.wait_for(reader.read(LIVE_READ), LIVE_SILENCE)
             except TimeoutError:
                 log.warning("live %s: nothing from the camera for %g s; the flow ends", camera_id, LIVE_SILENCE)
-                chunk = b""
+                return
             if not chunk:
                 if first:
                     raise Problem(
@@ -65,8 +87,16 @@ async def live(live_dir: Path, camera_id: str) -> AsyncIterator[bytes]:
                         "camera-unavailable",
                         f"camera {camera_id} is not sending right now: it may be down (see /v1/cameras)",
                     )
-                return  # the camera's run ended: the flow ends with it
+                writer.close()
+                again = await _tap_again(path, camera_id, last + LIVE_RESUME)
+                if again is None:
+                    log.info("live %s: the camera's run ended and did not resume; the flow ends", camera_id)
+                    return  # the flow ends with the camera's run
+                reader, writer = again
+                log.info("live %s: the recorder's tap is back; the flow goes on", camera_id)
+                continue
             first = False
+            last = time.monotonic()
             yield chunk
     finally:
         writer.close()

@@ -10,6 +10,7 @@ import json
 import pytest
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
+import halfbridge
 from halfbridge.audit import AuditClient, AuditError
 from halfbridge.interconnect import Interconnect
 from halfbridge.relay import Problem, Relay, RelayConfig, parse_time, stream_format
@@ -332,6 +333,7 @@ def test_health_and_metrics_say_the_convention_ended(tmp_path, auditd):
     relay = _agent_relay(tmp_path, auditd, clock, convention_reference=REFERENCE, convention_ends_on=ENDS_ON)
     [(_, health), (_, metrics)] = asyncio.run(_ask(relay.management_app(), "/healthz", "/metrics"))
     assert (health["convention_ends_on"], health["convention_ended"]) == (ENDS_ON, False)
+    assert (health["version"], health["open_flows"]) == (halfbridge.__version__, 0)
     assert "halfbridge_relay_convention_ended 0" in metrics
     assert f"halfbridge_convention_end_timestamp_seconds {END:.0f}" in metrics
     clock.now = END

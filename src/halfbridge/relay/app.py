@@ -695,6 +695,9 @@ class Relay:
         body = {
             "status": "fail" if problems else "pass",
             "problems": problems,
+            # The release this relay runs, and the flows it serves itself (an upgrade waits for them to end).
+            "version": __version__,
+            "open_flows": len(self.flows.open),
             "flows": answer.get("in_use"),
             "limit": answer.get("limit"),
             "suspended_for": suspension.incident if (suspension := self.suspension()) else None,

@@ -9,21 +9,16 @@ from __future__ import annotations
 import datetime as dt
 import importlib.util
 import json
-import re
 import shlex
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.support.inventory import ROOT, host_var
-from tests.support.viewer import AS_AGENT, fetch, get_json
+from tests.support.viewer import AS_AGENT, clocks, fetch, get_json
 from tests.support.waiting import wait_for
 
 AUDIT = "/var/log/halfbridge/audit.log"
-CLOCK = re.compile(r"(\d{4}-\d{2}-\d{2}) (\d{2}):?(\d{2}):?(\d{2})")
 
 
 @pytest.fixture(scope="module")
@@ -44,32 +39,6 @@ def base(deployed) -> str:
 
 def iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def clocks(stream: bytes, every: int = 25) -> list[float]:
-    """The burnt-in clock of one frame in `every`, read by tesseract (frames it cannot read are left out)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / "flow.ts"
-        source.write_bytes(stream)
-        subprocess.run(
-            ["ffmpeg", "-v", "error", "-i", str(source), "-vf",
-             f"select=not(mod(n\\,{every})),crop=iw:ih/7:0:0,scale=iw*2:-1,format=gray,negate",
-             "-fps_mode", "passthrough", str(Path(tmp) / "f%04d.png")],
-            check=True, timeout=120,
-        )  # fmt: skip
-        seen = []
-        for image in sorted(Path(tmp).glob("f*.png")):
-            text = subprocess.run(["tesseract", str(image), "-", "--psm", "7"], capture_output=True, text=True).stdout
-            if match := CLOCK.search(text.replace("O", "0")):
-                day, hours, minutes, seconds = match.groups()
-                with_zone = f"{day}T{hours}:{minutes}:{seconds}+00:00"
-                try:
-                    read = dt.datetime.fromisoformat(with_zone).timestamp()
-                except ValueError:
-                    continue
-                if abs(read - time.time()) < 86400:  # not a misread digit of the date (2076 for 2026)
-                    seen.append(read)
-        return seen
 
 
 def viewers(pp, url: str, count: int) -> None:

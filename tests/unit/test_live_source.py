@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import pytest
 
@@ -57,6 +58,33 @@ def test_a_live_flow_ends_when_the_recorder_does_not_come_back(tmp_path, monkeyp
         return got
 
     assert asyncio.run(asyncio.wait_for(run(), 10)) == [b"only"]
+
+
+def test_a_live_flow_ends_when_the_recorder_is_back_but_its_camera_is_not(tmp_path, monkeypatch):
+    """The recorder's process runs (its tap answers) but the camera sends nothing: the flow ends at the deadline,
+    not after the silence of a running flow."""
+    monkeypatch.setattr(sources, "RESUME_POLL", 0.05)
+    monkeypatch.setattr(sources, "LIVE_RESUME", 1.0)
+    quiet = asyncio.Event()
+
+    async def one(_reader, writer):
+        if not quiet.is_set():
+            quiet.set()
+            writer.write(b"before the camera dropped")
+            await writer.drain()
+            writer.close()
+        else:
+            await asyncio.sleep(60)  # connected, silent
+
+    async def run():
+        server = await asyncio.start_unix_server(one, path=str(tmp_path / "cam-1.sock"))
+        got = [chunk async for chunk in sources.live(tmp_path, "cam-1")]
+        server.close()
+        return got
+
+    started = time.monotonic()
+    assert asyncio.run(asyncio.wait_for(run(), 10)) == [b"before the camera dropped"]
+    assert time.monotonic() - started < 5
 
 
 def test_a_tap_that_closes_before_any_byte_is_a_502(tmp_path):

@@ -73,12 +73,18 @@ async def live(live_dir: Path, camera_id: str) -> AsyncIterator[bytes]:
     reader, writer = await _tap(path, camera_id)
     try:
         first = True
+        resumed = False  # a tap found again: its first bytes are awaited until the resume's deadline only
         last = time.monotonic()
         while True:
+            wait = max(0.0, last + LIVE_RESUME - time.monotonic()) if resumed else LIVE_SILENCE
             try:
-                chunk = await asyncio.wait_for(reader.read(LIVE_READ), LIVE_SILENCE)
+                chunk = await asyncio.wait_for(reader.read(LIVE_READ), wait)
             except TimeoutError:
-                log.warning("live %s: nothing from the camera for %g s; the flow ends", camera_id, LIVE_SILENCE)
+                if resumed:
+                    log.info("live %s: the camera's run did not resume within %g s; the flow ends", camera_id,
+                             LIVE_RESUME)  # fmt: skip
+                else:
+                    log.warning("live %s: nothing from the camera for %g s; the flow ends", camera_id, LIVE_SILENCE)
                 return
             if not chunk:
                 if first:
@@ -88,14 +94,18 @@ async def live(live_dir: Path, camera_id: str) -> AsyncIterator[bytes]:
                         f"camera {camera_id} is not sending right now: it may be down (see /v1/cameras)",
                     )
                 writer.close()
+                if resumed:
+                    await asyncio.sleep(RESUME_POLL)  # a tap back but its run over at once: not in a tight loop
                 again = await _tap_again(path, camera_id, last + LIVE_RESUME)
                 if again is None:
                     log.info("live %s: the camera's run ended and did not resume; the flow ends", camera_id)
                     return  # the flow ends with the camera's run
                 reader, writer = again
-                log.info("live %s: the recorder's tap is back; the flow goes on", camera_id)
+                resumed = True
                 continue
-            first = False
+            if resumed:
+                log.info("live %s: the camera's run resumed; the flow goes on", camera_id)
+            first = resumed = False
             last = time.monotonic()
             yield chunk
     finally:

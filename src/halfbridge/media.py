@@ -16,10 +16,6 @@ from pathlib import Path
 
 import ffmpeg
 
-# ffmpeg.probe() has no time bound; we keep its argument builder and run
-# ffprobe ourselves, always reaped and bounded in time.
-from ffmpeg._utils import convert_kwargs_to_cmd_line_args
-
 
 class ProbeError(RuntimeError):
     """A stream could not be probed; the message says why, without credentials."""
@@ -112,9 +108,23 @@ def _input_args(source: str) -> list[str]:
     return ["-i", source]
 
 
+def probe_options(options: dict[str, object]) -> list[str]:
+    """ffprobe's options as arguments: `-key value` by sorted key, `-key` alone for a None value.
+
+    ffmpeg-python's public API builds ffmpeg commands (input, output, compile) but has nothing for ffprobe except
+    ffmpeg.probe(), which waits without a bound: ffprobe gets a plain argument list, written the way ffmpeg-python's
+    own helper writes its keyword arguments, and runs bounded in time (docs/streams.md)."""
+    args: list[str] = []
+    for key in sorted(options):
+        args.append(f"-{key}")
+        if options[key] is not None:
+            args.append(str(options[key]))
+    return args
+
+
 def _ffprobe(url: str, options: dict, timeout: float) -> dict:
     with camera_playlist(url, timeout) as source:
-        args = ["ffprobe", "-of", "json", *convert_kwargs_to_cmd_line_args(options), *_input_args(source)]
+        args = ["ffprobe", "-of", "json", *probe_options(options), *_input_args(source)]
         try:
             done = subprocess.run(args, capture_output=True, text=True, timeout=timeout + 5, check=False)
         except subprocess.TimeoutExpired:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from halfbridge.cli import probe_main
-from halfbridge.media import ProbeError, log_line, probe_video, record_command, redact
+from halfbridge.media import ProbeError, log_line, probe_options, probe_video, record_command, redact
 from halfbridge.recorder import Recorder, RecorderConfig, Run
 from tests.support.media import make_clip
 
@@ -126,3 +127,49 @@ def test_record_command_keeps_credentials_off_the_command_line():
     assert "option rtsp_transport tcp" in playlist
     with pytest.raises(ProbeError):
         ffconcat_text("rtsp://u:it's@h/s", 10)
+
+
+def test_ffprobe_gets_its_options_as_a_plain_list_sorted_and_flags_alone():
+    options = {"v": "error", "show_entries": "stream=codec_type", "read_intervals": "%+2", "count_packets": None}
+    assert probe_options(options) == [
+        "-count_packets", "-read_intervals", "%+2", "-show_entries", "stream=codec_type", "-v", "error",
+    ]  # fmt: skip
+    assert probe_options({"rw_timeout": 5_000_000, "n": 0}) == ["-n", "0", "-rw_timeout", "5000000"]
+    assert probe_options({}) == []
+
+
+def _private_ffmpeg_uses(tree: ast.AST) -> list[str]:
+    """Where a module reaches into ffmpeg-python's private parts: `ffmpeg._x` modules, or names starting with _."""
+    aliases = {"ffmpeg"}  # names under which the module reads ffmpeg
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                if parts[0] == "ffmpeg":
+                    aliases.add(alias.asname or "ffmpeg")
+                    found += [f"line {node.lineno}: import {alias.name}" for p in parts[1:] if p.startswith("_")]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ffmpeg":
+            parts = (node.module or "").split(".")[1:] + [a.name for a in node.names]
+            if any(p.startswith("_") for p in parts):
+                found.append(f"line {node.lineno}: from {node.module} import {', '.join(a.name for a in node.names)}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.attr.startswith("_"):
+            found += [f"line {node.lineno}: {node.value.id}.{node.attr}"] if node.value.id in aliases else []
+    return found
+
+
+def test_no_module_uses_a_private_part_of_ffmpeg_python():
+    """Its public API (input, output, merge_outputs, compile...) only: a private name may go in any release."""
+    hidden = "from ffmpeg._utils import x\nimport ffmpeg._run\nimport ffmpeg as f\nf._y"
+    assert _private_ffmpeg_uses(ast.parse(hidden)) == [
+        "line 1: from ffmpeg._utils import x", "line 2: import ffmpeg._run", "line 4: f._y",
+    ]  # fmt: skip
+    assert _private_ffmpeg_uses(ast.parse("import ffmpeg\nffmpeg.input('x')\nfrom ffmpeg import compile")) == []
+    src = Path(__file__).resolve().parents[2] / "src" / "halfbridge"
+    found = {
+        str(path.relative_to(src)): uses
+        for path in sorted(src.rglob("*.py"))
+        if (uses := _private_ffmpeg_uses(ast.parse(path.read_text(encoding="utf-8"), str(path))))
+    }
+    assert found == {}, f"ffmpeg-python's private parts used: {found}"

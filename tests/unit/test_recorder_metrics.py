@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from halfbridge.metrics import TEXTFILE_DIR, label
+from halfbridge import __version__
+from halfbridge.metrics import BUILD_INFO_HELP, TEXTFILE_DIR, label, write_textfile
 from halfbridge.recorder import Recorder, RecorderConfig, Run
 from halfbridge.store import Store
 from tests.support.exposition import Family, parse_exposition
@@ -92,6 +93,30 @@ def test_a_camera_that_records_is_up_with_the_end_of_its_last_segment(tmp_path):
     _segment(recorder, run, NOW + 20, 10.0)
     recorder.index_finished(run)  # after each finished segment, without a change of state
     assert series(_file(recorder), "halfbridge_camera_last_segment_end_timestamp_seconds") == NOW + 30
+    build = _file(recorder)["halfbridge_build_info"].samples
+    assert build == {("halfbridge_build_info", (("service", f"recorder_{CAMERA}"), ("version", __version__))): 1}
+
+
+def test_every_textfile_says_which_release_its_service_runs_and_node_exporter_can_merge_them(tmp_path):
+    """After a partial restart, services of one gateway run different releases: each file says its own. The
+    collector merges one family over every file: one HELP and TYPE, never the same series twice."""
+    names = ["halfbridge_clock.prom", "halfbridge_retention.prom", "halfbridge_requests.prom"]
+    names += [f"halfbridge_recorder_{camera}.prom" for camera in ("ver-gare-01", "ver-gare-02")]
+    merged: dict = {}
+    for name in names:
+        write_textfile(tmp_path / name, ["# HELP x X.", "# TYPE x gauge", "x 1"])
+        family = parse_exposition((tmp_path / name).read_text())["halfbridge_build_info"]
+        assert (family.kind, family.help) == ("gauge", BUILD_INFO_HELP)
+        [(key, value)] = family.samples.items()
+        assert key not in merged and value == 1
+        merged[key] = name
+    assert {dict(labels)["service"]: dict(labels)["version"] for _, labels in merged} == {
+        "clock": __version__, "retention": __version__, "requests": __version__,
+        "recorder_ver-gare-01": __version__, "recorder_ver-gare-02": __version__,
+    }  # fmt: skip
+    write_textfile(tmp_path / "x.prom", [], service='odd "one"')
+    [(_, labels)] = parse_exposition((tmp_path / "x.prom").read_text())["halfbridge_build_info"].samples
+    assert dict(labels) == {"service": 'odd "one"', "version": __version__}
 
 
 def test_down_then_back_says_since_when_and_counts_ffmpegs_restarts(tmp_path, caplog):

@@ -77,7 +77,7 @@ def test_the_build_and_a_synchronised_clock_are_on_metrics_and_health(tmp_path):
     assert health["clock"] == {
         "synchronised": True, "offset_seconds": 0.0012, "checked_at": iso_seconds(NOW - 20), "reason": None,
     }  # fmt: skip
-    assert value(metrics, "halfbridge_build_info", (("version", __version__),)) == 1
+    assert value(metrics, "halfbridge_build_info", (("service", "relay"), ("version", __version__))) == 1
     assert value(metrics, "halfbridge_clock_synchronised") == 1
     assert value(metrics, "halfbridge_clock_offset_seconds") == pytest.approx(0.0012)
     assert value(metrics, "halfbridge_relay_healthy") == 1

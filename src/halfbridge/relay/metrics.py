@@ -6,7 +6,7 @@ import datetime as dt
 import math
 from dataclasses import dataclass, field
 
-from halfbridge.metrics import family, gauge, label
+from halfbridge.metrics import build_info, family, gauge, label
 from halfbridge.quotad import MODES
 
 
@@ -58,21 +58,17 @@ class Metrics:
         convention_ended: bool = False,
         healthy: bool = True,
         clock: dict | None = None,
-        version: str = "",
+        version: str | None = None,
     ) -> list[str]:
         """Every family; `quota` is the quota daemon's answer to `list`, None when it does not answer;
-        `healthy` whether /healthz passes; `clock` the clock as /healthz shows it (None: not known)."""
+        `healthy` whether /healthz passes; `clock` the clock as /healthz shows it (None: not known); `version` the
+        package's unless given."""
         up = quota is not None
         quota = quota or {}
         clock = clock or {}
         offset = clock.get("offset_seconds")
         return [
-            *family(
-                "halfbridge_build_info",
-                "gauge",
-                "The halfbridge package the relay runs, by version (always 1).",
-                [(f'{{version="{label(version)}"}}', 1)],
-            ),
+            *build_info("relay", version),
             *gauge(
                 "halfbridge_relay_healthy",
                 "1 exactly when /healthz passes (quota daemon answering, store present, revocation checkable).",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from halfbridge import __version__
 from tests.support.pki import TestCA
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -241,4 +242,4 @@ def test_every_command_answers_version_with_its_name_and_the_version(name, targe
     script = BIN / name
     assert script.exists(), f"{script} is missing: install the package again (pip install -e .) for its new commands"
     done = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60, check=False)
-    assert (done.returncode, done.stdout, done.stderr) == (0, f"{name} {PROJECT['version']}\n", "")
+    assert (done.returncode, done.stdout, done.stderr) == (0, f"{name} {__version__}\n", "")

@@ -13,7 +13,11 @@ and sorts each difference:
   be told of;
 - anything else the PP sees (the relay's address, port and certificate, the
   CAs it trusts, the PP's peers, the quota, the relay's code) is a major
-  change (article 8): notified 30 calendar days before it goes live.
+  change (article 8): notified 30 calendar days before it goes live. The
+  relay's code is the newest release of CHANGELOG.md whose "What the PP sees"
+  is not "Nothing." (filter halfbridge_release_seen_by_pp): a release the PP
+  sees nothing of changes no fingerprint; a notice of one it sees quotes what
+  the changelog says the PP will see (`releases`).
 
 With `record: false` (the check, first in site.yml) it fails, before anything
 is touched, when a difference is not covered by a change of the register
@@ -78,6 +82,13 @@ options:
   record: {description: Write the baseline instead of checking., type: bool, default: false}
   preview: {description: Only work out what a notice of O(change) sent today says., type: bool}
   change: {description: With O(preview), the change of the register a notice is about., type: str}
+  releases:
+    description:
+      - The releases of CHANGELOG.md (filter halfbridge_changelog), newest first. A notice of a change of
+        C(package_version) quotes the "What the PP sees" of the releases it spans.
+    type: list
+    elements: dict
+    default: []
   opposition:
     description: With O(preview), an opposition of the PP to O(change) to check before it is recorded.
     type: dict
@@ -112,12 +123,15 @@ MAJOR = {
     "trusted_cas_sha256": "the PP certification authorities the relay trusts",
     "pp_peers": "the PP half-gateway's addresses",
     "max_simultaneous_flows": "the quota of simultaneous flows of article 4",
-    "package_version": "the relay's code, with its TLS protocols and suites",
+    "package_version": "the relay's code as the PP sees it, with its TLS protocols and suites",
 }
+PACKAGE = "package_version"
 MAX_SUMMARY = 200  # characters of a change's summary (it goes into the notice's body)
 MAX_BY = 120  # characters of who opposed
 MAX_REASON = 500  # characters of an opposition's reason
 MAX_LINES = 8  # lines of a notice's differences kept in its audit entry
+MAX_QUOTED = 5  # lines of the changelog's "What the PP sees" quoted for a change of the relay's code
+MAX_QUOTE = 300  # characters of one quoted line
 
 
 def _bool(value: object) -> bool:
@@ -346,7 +360,33 @@ def classify(difference: Mapping, baseline: Mapping | None = None) -> dict:
                 "retention": prefix == RETENTION,
                 "label": label,
             }
-    return {**difference, "kind": "major", "annexes": [], "retention": False, "label": MAJOR.get(path, "a setting")}
+    label = MAJOR.get(path, "a setting")
+    if path == PACKAGE and isinstance(difference["after"], str):
+        label = f"the relay's code as the PP sees it, release {difference['after'][:40]} of CHANGELOG.md"
+    return {**difference, "kind": "major", "annexes": [], "retention": False, "label": label}
+
+
+def release_lines(difference: Mapping, releases: object) -> list[str]:
+    """What CHANGELOG.md says the PP will see of a change of the relay's code: the "What the PP sees" of each
+    release from the baseline's (excluded) to the new one, or of those a rollback withdraws; bounded."""
+    if difference["path"] != PACKAGE or not isinstance(releases, list):
+        return []
+    versions = [str(r.get("version")) if isinstance(r, Mapping) else None for r in releases]
+    before, after = str(difference["before"]), str(difference["after"])
+    if after not in versions:
+        return []
+    new = versions.index(after)  # newest first
+    old = versions.index(before) if before in versions else new + 1
+    withdrawn = new > old
+    quoted = []
+    for release in releases[old:new] if withdrawn else releases[new:old]:
+        said = release.get("pp_sees")
+        if isinstance(said, list):
+            head = f"{release['version']}{' (withdrawn)' if withdrawn else ''}"
+            quoted += [f"{head}: {str(line)[:MAX_QUOTE]}" for line in said]
+    if len(quoted) > MAX_QUOTED:
+        quoted = [*quoted[: MAX_QUOTED - 1], f"... {len(quoted) - MAX_QUOTED + 1} more in CHANGELOG.md"]
+    return quoted
 
 
 def _about(change: Mapping, difference: Mapping) -> bool:
@@ -519,7 +559,7 @@ class ActionModule(ActionBase):
         (
             *("fingerprint", "baseline", "changes", "notice_days", "today"),
             *("emergency", "audit_command", "audit_user", "audit_log", "record", "preview", "change"),
-            *("deployed_paths", "first_deployment", "opposition"),
+            *("deployed_paths", "first_deployment", "opposition", "releases"),
         )
     )
 
@@ -587,8 +627,11 @@ class ActionModule(ActionBase):
         else:
             mine = [d for d in classified if d["kind"] == "major"]
             earliest = max(earliest_go_live(start, notice_days), _planned(change))
+        # A change of the relay's code carries what the changelog says the PP will see of it.
+        releases = self._task.args.get("releases")
+        mine = [{**d, "pp_sees": release_lines(d, releases)} if d["path"] == PACKAGE else d for d in mine]
         announced = history["announced"].get(name, {})
-        lines = [describe(d) for d in mine]
+        lines = [line for d in mine for line in (describe(d), *(f"  {q}" for q in d.get("pp_sees", [])))]
         result.update(
             change=change,
             kind=change["kind"],

@@ -606,3 +606,116 @@ def test_a_malformed_register_stops_even_a_deployment_that_changes_nothing(deplo
     done = run(deployed, changes=[{"id": "INF-1", "kind": "information"}])
     assert done.returncode != 0
     assert "halfbridge_changes cannot be read: INF-1 is an information change but says neither annexes" in said(done)
+
+
+# -- a release: what CHANGELOG.md says the PP sees of it ------------------------------
+
+RELEASE = yaml.safe_load((ROOT / "roles" / "change_window" / "defaults" / "main.yml").read_text())[
+    "change_window_fingerprint"
+]["package_version"]
+FIRST = ("0.1.0", "2026-12-02", ["The interconnect: the relay at its address, 10 flows at most."])
+
+
+def changelog(*releases: tuple[str, str, list[str]]) -> str:
+    """CHANGELOG.md of these (version, date, what the PP sees) releases, newest first; [] says "Nothing."."""
+    text = "# Changelog\n\nWhat each release changes.\n"
+    for version, date, pp_sees in releases:
+        said = "\n".join(f"- {line}" for line in pp_sees) or "Nothing."
+        text += f"\n## {version} — {date}\n\n### What the PP sees\n\n{said}\n\n### Changes\n\n- Something.\n"
+    return text
+
+
+def released(tmp_path: Path, text: str, version: str) -> dict:
+    """FINGERPRINT with the role's own package_version, read from a tree holding this changelog and version."""
+    tree = tmp_path / "tree"
+    (tree / "src" / "halfbridge").mkdir(parents=True, exist_ok=True)
+    (tree / "CHANGELOG.md").write_text(text)
+    (tree / "src" / "halfbridge" / "__init__.py").write_text(f'"""The package."""\n\n__version__ = "{version}"\n')
+    assert RELEASE.count("role_path ~ '/../../") == 2
+    return {**FINGERPRINT, "package_version": RELEASE.replace("role_path ~ '/../../", f"'{tree}/")}
+
+
+@pytest.fixture
+def on_first_release(tmp_path):
+    """A gateway whose baseline was recorded by 0.1.0: its package_version says 0.1.0."""
+    (tmp_path / "baseline.json").write_text(json.dumps({**FINGERPRINT, "package_version": "0.1.0"}))
+    return tmp_path
+
+
+def test_a_release_the_pp_sees_nothing_of_deploys_without_notice_and_leaves_the_baseline(on_first_release):
+    fingerprint = released(on_first_release, changelog(("0.2.0", "2026-12-03", []), FIRST), "0.2.0")
+    done = run(on_first_release, fingerprint)
+    assert done.returncode == 0, said(done)[-1500:]
+    assert "Nothing the PP sees of the interconnect changes" in said(done)
+    assert run(on_first_release, fingerprint, record=True).returncode == 0
+    assert json.loads((on_first_release / "baseline.json").read_text())["package_version"] == "0.1.0"
+
+
+def test_a_release_the_pp_sees_is_a_major_change_until_notified_thirty_days_ahead(on_first_release):
+    text = changelog(
+        ("0.10.0", "2027-01-04", ["TLS 1.2 is no longer accepted: agents' workstations need TLS 1.3."]),
+        ("0.9.0", "2026-12-20", []),
+        ("0.2.0", "2026-12-03", []),
+        FIRST,
+    )
+    older = run(on_first_release, released(on_first_release, text, "0.9.0"))
+    assert older.returncode == 0 and "Nothing the PP sees" in said(older)  # 0.10.0 is newer than 0.9.0, not older
+    fingerprint = released(on_first_release, text, "0.10.0")
+    for register in ([], [change(notified="2026-10-31")]):
+        refused = run(on_first_release, fingerprint, changes=register)
+        assert refused.returncode != 0
+        assert 'package_version: "0.1.0" -> "0.10.0"' in said(refused)
+        assert (
+            "package_version (the relay's code as the PP sees it, release 0.10.0 of CHANGELOG.md) is a major change: "
+            "article 8 requires a major change notified at least 30 calendar days" in said(refused)
+        )
+    assert "The earliest it may go live is 2026-11-30" in said(refused)
+    done = run(on_first_release, fingerprint, changes=[change(notified="2026-10-30")])
+    assert done.returncode == 0, said(done)[-1500:]
+    assert "CHG-1, notified on 2026-10-30, may go live since 2026-11-29" in said(done)
+
+
+def test_the_notice_of_a_release_quotes_what_the_pp_will_see(on_first_release):
+    text = changelog(
+        ("0.10.0", "2027-01-04", ["TLS 1.2 is no longer accepted.", "Playback answers in fragmented MP4 by default."]),
+        ("0.9.0", "2026-12-20", []),
+        FIRST,
+    )
+    (on_first_release / "CHANGELOG.md").write_text(text)
+    releases = f"{{{{ lookup('ansible.builtin.file', '{on_first_release / 'CHANGELOG.md'}') | halfbridge_changelog }}}}"
+    done = run(
+        on_first_release,
+        released(on_first_release, text, "0.10.0"),
+        changes=[change("CHG-6")],
+        preview=True,
+        change="CHG-6",
+        releases=releases,
+    )
+    assert done.returncode == 0, said(done)[-1500:]
+    assert (
+        'LINES=package_version: "0.1.0" -> "0.10.0"| 0.10.0: TLS 1.2 is no longer accepted.'
+        "| 0.10.0: Playback answers in fragmented MP4 by default. " in said(done)  # said() folds the indent
+    )
+
+
+def test_a_version_without_its_changelog_entry_stops_every_deployment(on_first_release):
+    done = run(on_first_release, released(on_first_release, changelog(FIRST), "0.2.0"))
+    assert done.returncode != 0
+    assert "the package's version 0.2.0 has no entry in CHANGELOG.md: every release says what the PP sees" in said(done)
+
+
+def test_a_rollback_quotes_what_it_withdraws_and_the_quote_is_bounded():
+    many = [f"line {n}" for n in range(9)]
+    releases = [
+        {"version": "0.4.0", "pp_sees": many},
+        {"version": "0.3.0", "pp_sees": []},
+        {"version": "0.2.0", "pp_sees": ["one"]},
+        {"version": "0.1.0", "pp_sees": ["first"]},
+    ]
+    back = {"path": "package_version", "before": "0.2.0", "after": "0.1.0"}
+    assert cw.release_lines(back, releases) == ["0.2.0 (withdrawn): one"]
+    up = {"path": "package_version", "before": "0.1.0", "after": "0.4.0"}
+    quoted = cw.release_lines(up, releases)
+    assert len(quoted) == cw.MAX_QUOTED and quoted[0] == "0.4.0: line 0" and quoted[-1].endswith("more in CHANGELOG.md")
+    assert cw.release_lines({**up, "path": "relay.port"}, releases) == []
+    assert cw.release_lines({**up, "after": "9.9"}, releases) == []  # not in the changelog: nothing to quote

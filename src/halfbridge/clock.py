@@ -276,7 +276,7 @@ def _say_change(state: dict, previous: dict | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """halfbridge-clock: ask chronyd whether the clock is synchronised; write the state file and the metrics."""
-    from halfbridge.cli import _logging, version_argument
+    from halfbridge.console import _logging, version_argument
     from halfbridge.media import write_private
 
     parser = argparse.ArgumentParser(prog="halfbridge-clock", description=main.__doc__)

@@ -1405,7 +1405,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Exit status: 0 when everything is nominal, 1 when something needs attention (listed), 2 on a usage error.
     """
-    from halfbridge.cli import version_argument
+    from halfbridge.console import version_argument
 
     parser = argparse.ArgumentParser(prog="halfbridge-status", description=main.__doc__)
     version_argument(parser)

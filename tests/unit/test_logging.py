@@ -153,7 +153,8 @@ def syslog(tmp_path):
 
 def cron_run(tmp_path: Path, syslog_path: Path, body: str) -> tuple[int, str]:
     """Python `body` run as the retention runs from cron: stderr appended to a log file, no journal stream."""
-    script = f"from halfbridge import cli\ncli.SYSLOG_ADDRESS = {str(syslog_path)!r}\n" + textwrap.dedent(body)
+    script = f"from halfbridge import cli, console\nconsole.SYSLOG_ADDRESS = {str(syslog_path)!r}\n"
+    script += textwrap.dedent(body)
     log_file = tmp_path / "retention.log"
     code = run([sys.executable, "-c", script], log_file, None)
     return code, log_file.read_text()

@@ -17,13 +17,13 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_FORCE_COLOR ?= 0
 export PY_COLORS ?= 0
 
-.PHONY: help deps lab lab-up lab-down test lint pytest molecule bench clean distclean
+.PHONY: help deps lock lab lab-up lab-down test lint pytest molecule bench clean distclean
 
 help:
 	@echo "make lab        bring up the lab and run site.yml against it"
 	@echo "make test       lint, unit and integration tests, every molecule scenario ($(SCENARIOS))"
 	@echo "make molecule SCENARIO=default   one scenario"
-	@echo "make lint | pytest | bench | lab-down | clean | distclean"
+	@echo "make lint | pytest | bench | lock | lab-down | clean | distclean"
 
 # --- set-up ---------------------------------------------------------------
 
@@ -45,6 +45,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml $(STAMPS)/host-packages
 	@touch $@
 
 deps: $(VENV)/.installed
+
+# The gateway's dependencies, pinned at requirements.txt's versions with their wheels'
+# hashes (docs/releases.md); run after a change of requirements.txt, commit the result.
+lock: deps
+	$(VENV)/bin/python tools/release.py lock
 
 # --- the lab --------------------------------------------------------------
 

@@ -45,3 +45,17 @@ def probe(host, address: str, ports, wait: float = 3.0) -> dict[int, str]:
     """What `host` meets on each of `ports` of `address`: open, refused, timeout (a drop) or an errno."""
     command = shlex.join(["python3", "-c", PROBE, address, ",".join(map(str, ports)), str(wait)])
     return {int(k): v for k, v in json.loads(host.check_output(command)).items()}
+
+
+# Run on a gateway: print the body of a URL, an error's body too (a failing /healthz answers 503 with its problems).
+READ = (
+    "python3 -c 'import sys, urllib.request, urllib.error\n"
+    "try: print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())\n"
+    "except urllib.error.HTTPError as e: print(e.read().decode())'"
+)
+
+
+def relay_health(gw) -> dict:
+    """The relay's /healthz, asked on the gateway at its management address (relay.json says where)."""
+    config = json.loads(gw.check_output("cat /etc/halfbridge/relay.json"))
+    return json.loads(gw.check_output(f"{READ} http://{config['management_host']}:{config['management_port']}/healthz"))

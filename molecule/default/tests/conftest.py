@@ -35,12 +35,13 @@ def cameras() -> list[dict]:
 def pytest_collection_modifyitems(items):
     """The secrets' tests first: their run of site.yml is the scenario's idempotence step, on the lab the
     side effect left suspended. Then the incident's tests, which find the lab still cut and restore it.
-    Then the others; then the convention's end, which closes the interconnect for good; then the records,
-    which destroy the gateway and rebuild it with its records only (they need no relay); last, another
-    partner's inventory converged on that rebuilt gateway."""
+    Then the others; then the releases' upgrades and rollback; then the convention's end, which closes the
+    interconnect for good; then the records, which destroy the gateway and rebuild it with its records only
+    (they need no relay); last, another partner's inventory converged on that rebuilt gateway."""
     order = {
         "test_secrets.py": -1,
         "test_incident.py": 0,
+        "test_release.py": 1.5,
         "test_convention_end.py": 2,
         "test_records.py": 3,
         "test_partner.py": 4,

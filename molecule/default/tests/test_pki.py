@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from halfbridge import ts
 from tests.support.inventory import host_var
-from tests.support.lab import put
+from tests.support.lab import put, relay_health
 from tests.support.waiting import wait_for
 
 AGENT = "/etc/halfbridge-pp"
@@ -63,16 +63,6 @@ def history(gw, since: int, agent: str | None = None) -> list[dict]:
         and dt.datetime.fromisoformat(e["time"]).timestamp() >= since
         and (agent is None or e.get("agent") == agent)
     ]
-
-
-def health(gw) -> dict:
-    management = host_var("gw", "lab_networks")["management"]
-    read = (
-        "python3 -c 'import sys, urllib.request, urllib.error\n"
-        "try: print(urllib.request.urlopen(sys.argv[1]).read().decode())\n"
-        "except urllib.error.HTTPError as e: print(e.read().decode())'"
-    )
-    return json.loads(gw.check_output(f"{read} http://{management}:9108/healthz"))
 
 
 def relay_pid(gw) -> str:
@@ -175,8 +165,8 @@ def test_an_expired_crl_refuses_everyone_and_a_fresh_one_lets_them_back_without_
     expired = sign_crl(["agent-lab-02"], before - dt.timedelta(days=2), now - dt.timedelta(minutes=1))
     since = int(time.time())
     put(gw, f"{CRL_DIR}/pp-agents.crl", expired, owner="halfbridge:")
-    wait_for(lambda: health(gw)["status"] == "fail", 10, "the relay to notice the expired CRL")
-    assert any("the CRL of CN=PP lab agents CA" in p and "expired at" in p for p in health(gw)["problems"])
+    wait_for(lambda: relay_health(gw)["status"] == "fail", 10, "the relay to notice the expired CRL")
+    assert any("the CRL of CN=PP lab agents CA" in p and "expired at" in p for p in relay_health(gw)["problems"])
     assert curl(pp, f"{base}/v1/cameras", "-o", "/dev/null").rc != 0
     wait_for(lambda: history(gw, since, "agent-lab-01"), 10, "the refusal in the history")
     assert "CRL has expired" in history(gw, since, "agent-lab-01")[-1]["reason"]
@@ -185,7 +175,7 @@ def test_an_expired_crl_refuses_everyone_and_a_fresh_one_lets_them_back_without_
 
     logged = refresh(gw)  # the timer's next run: the distribution point's CRL is current
     assert "CRL pp-agents installed" in logged, logged
-    wait_for(lambda: health(gw)["status"] == "pass", 10, "the relay to take the fresh CRL")
+    wait_for(lambda: relay_health(gw)["status"] == "pass", 10, "the relay to take the fresh CRL")
     answer = curl(pp, f"{base}/v1/cameras", "-o", "/dev/null", "-w", "%{http_code}")
     assert answer.stdout == "200", answer.stderr
     assert relay_pid(gw) == pid

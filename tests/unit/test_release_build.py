@@ -201,17 +201,17 @@ def fake_resolution(monkeypatch, tmp_path, filenames):
     monkeypatch.setattr(release, "resolve", lambda *args: {name: wheels / name for name in filenames})
 
 
+def lock_argv(tmp_path) -> list[str]:
+    """`lock` of the requirements.txt and pyproject.toml a test wrote in tmp_path."""
+    requirements, pyproject = tmp_path / "requirements.txt", tmp_path / "pyproject.toml"
+    return ["lock", "--requirements", str(requirements), "--pyproject", str(pyproject)]
+
+
 def test_the_lock_refuses_a_dependency_requirements_txt_does_not_pin(monkeypatch, tmp_path, capsys):
     fake_resolution(monkeypatch, tmp_path, ["idna-3.20-py3-none-any.whl", "newcomer-1.0-py3-none-any.whl"])
     (tmp_path / "requirements.txt").write_text("idna==3.20\n")
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\ndependencies = ["idna", "newcomer"]\n')
-    argv = [
-        "lock",
-        "--requirements",
-        str(tmp_path / "requirements.txt"),
-        "--pyproject",
-        str(tmp_path / "pyproject.toml"),
-    ]
+    argv = lock_argv(tmp_path)
     assert release.main([*argv, "--output", str(tmp_path / "gateway.txt")]) == 2
     assert "does not pin newcomer" in capsys.readouterr().err
     assert not (tmp_path / "gateway.txt").exists()
@@ -221,13 +221,7 @@ def test_the_lock_pins_each_project_with_its_hashes_and_reads_back(monkeypatch, 
     fake_resolution(monkeypatch, tmp_path, ["idna-3.20-py3-none-any.whl", "typing_extensions-4.16.0-py3-none-any.whl"])
     (tmp_path / "requirements.txt").write_text("# pins\nidna==3.20\ntyping_extensions==4.16.0\npytest==9.2.0\n")
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\ndependencies = ["idna"]\n')
-    argv = [
-        "lock",
-        "--requirements",
-        str(tmp_path / "requirements.txt"),
-        "--pyproject",
-        str(tmp_path / "pyproject.toml"),
-    ]
+    argv = lock_argv(tmp_path)
     assert release.main([*argv, "--output", str(tmp_path / "out" / "gateway.txt")]) == 0
     text = (tmp_path / "out" / "gateway.txt").read_text()
     assert text.startswith("# ") and "make lock" in text

@@ -28,6 +28,8 @@ LIVE_SILENCE = 30.0
 # A live flow whose recorder's tap closed waits this long (since its last bytes) for it to come back.
 LIVE_RESUME = 20.0
 RESUME_POLL = 0.25
+# A tap that ended a flow and still answers after this long is a recorder that stays up: its camera's run ended.
+RESTART_GRACE = 3.0
 # Real-time playback sends up to this many seconds of recording ahead of the clock.
 PACE_LEAD = 1.0
 # With B-frames a frame can be shown up to this long before the keyframe that opens its segment
@@ -48,6 +50,20 @@ async def _tap(path: Path, camera_id: str) -> tuple[asyncio.StreamReader, asynci
         ) from None
 
 
+async def _restarting(path: Path) -> bool:
+    """Whether the recorder whose tap just ended a flow is going away (a restart, an upgrade): its tap stops
+    answering within `RESTART_GRACE` seconds. A tap that goes on answering is a recorder whose camera's run ended."""
+    deadline = time.monotonic() + RESTART_GRACE
+    while time.monotonic() < deadline:
+        await asyncio.sleep(RESUME_POLL)
+        try:
+            _, writer = await asyncio.open_unix_connection(str(path))
+        except OSError:  # no socket, or nobody listening on it: the recorder is down
+            return True
+        writer.close()
+    return False
+
+
 async def _tap_again(path: Path, camera_id: str, until: float):
     """The tap once its recorder is back (a restart, an upgrade), or None past `until` (monotonic)."""
     while time.monotonic() < until:
@@ -65,9 +81,10 @@ async def live(live_dir: Path, camera_id: str) -> AsyncIterator[bytes]:
     the stream as the camera sends it; it closes the connection when the camera's run ends.
     No ffmpeg runs here, and the relay never holds a camera's credentials.
 
-    A recorder that restarts (an upgrade of its code, a new run after the camera dropped) is
-    waited for up to `LIVE_RESUME` seconds since the last bytes: its tap's first bytes (tables
-    and a keyframe) carry on in the same flow, which the player shows as a short stall.
+    A recorder that restarts (an upgrade of its code, a restart by systemd) is waited for up to
+    `LIVE_RESUME` seconds since the last bytes: its tap's first bytes (tables and a keyframe)
+    carry on in the same flow, which the player shows as a short stall. A recorder that stays up
+    while its camera's run ended (the camera dropped) ends the flow, as it always did.
     """
     path = live_dir / f"{camera_id}.sock"
     reader, writer = await _tap(path, camera_id)
@@ -95,11 +112,16 @@ async def live(live_dir: Path, camera_id: str) -> AsyncIterator[bytes]:
                     )
                 writer.close()
                 if resumed:
-                    await asyncio.sleep(RESUME_POLL)  # a tap back but its run over at once: not in a tight loop
+                    await asyncio.sleep(RESUME_POLL)  # the recorder back, its run not started yet: not in a tight loop
+                elif not await _restarting(path):
+                    log.info("live %s: the camera's run ended; the flow ends", camera_id)
+                    return  # the flow ends with the camera's run
+                else:
+                    log.info("live %s: the recorder is restarting; the flow waits for it", camera_id)
                 again = await _tap_again(path, camera_id, last + LIVE_RESUME)
                 if again is None:
-                    log.info("live %s: the camera's run ended and did not resume; the flow ends", camera_id)
-                    return  # the flow ends with the camera's run
+                    log.info("live %s: the recorder did not resume within %g s; the flow ends", camera_id, LIVE_RESUME)
+                    return
                 reader, writer = again
                 resumed = True
                 continue
